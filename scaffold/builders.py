@@ -1,0 +1,396 @@
+"""Builders: one per model kind, each turning a checked spec into a plan.
+
+A builder walks the blocks in order, inferring each block's input from the
+previous block's output, checking every shape with torch's formulas and
+raising a :class:`SpecError` at the first block that cannot work. Autoencoders
+and VAEs get their decoder by transposing the encoder (:meth:`Builder.mirror`).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from scaffold import layers as L
+from scaffold.errors import SpecError, SpecWarning
+from scaffold.layers import Layer, Shape, fmt_dims
+from scaffold.plan import Block, Item, Part, Plan
+from scaffold.spec import ConvSpec, LinearSpec, Spec, check_project_name, load_spec_file, parse_spec
+
+LARGE_MODEL = 50_000_000  # parameters; above this, warn about memory and test time
+NORMALIZING = ("softmax", "log_softmax")
+
+
+@dataclass
+class Encoder:
+    """What the encoder stack produced, kept so the decoder can retrace it."""
+
+    items: list[Item] = field(default_factory=list)
+    blocks: list[Block] = field(default_factory=list)  # conv then linear blocks, in order
+    specs: list[ConvSpec | LinearSpec] = field(default_factory=list)
+    pre_pool: dict[int, Shape] = field(default_factory=dict)  # block index -> shape before pooling
+    flat_from: Shape | None = None  # the shape that Flatten turned into a vector
+
+    @property
+    def out_shape(self) -> Shape:
+        return self.items[-1].out_shape
+
+
+class Builder:
+    """Common machinery; subclasses implement :meth:`build` for one kind."""
+
+    def __init__(self, spec: Spec, project: str | None = None) -> None:
+        self.spec = spec
+        self.model = spec.model
+        self.project = check_project_name(project) if project else (spec.project or "model")
+        self.ndim = len(self.model.input) - 1
+        self.warnings: list[SpecWarning] = []
+        self.trail: list[str] = [f"input {fmt_dims(self.model.input)}"]
+
+    # ------------------------------------------------------------------ blocks
+
+    def conv_block(self, c: ConvSpec, in_shape: Shape, source: str) -> tuple[Block, Shape]:
+        """Conv -> norm -> activation -> pool -> dropout; returns the block and its pre-pool shape."""
+        if c.in_channels is not None and c.in_channels != in_shape[0]:
+            raise SpecError(
+                c.where,
+                f"declares in_channels {c.in_channels} but {source} has {in_shape[0]} channels "
+                f"(shape {fmt_dims(in_shape)})",
+                f"set `in_channels: {in_shape[0]}`, or remove `in_channels` (it is inferred)",
+                self._trail_lines(),
+            )
+        for n, k, s, p, d in zip(in_shape[1:], c.kernel, c.stride, c.padding, c.dilation):
+            reach = d * (k - 1) + 1
+            if n + 2 * p < reach:
+                size = f"{fmt_dims(in_shape[1:])}" + (f" ({n} + 2*{p} = {n + 2 * p} with padding)" if p else "")
+                what = f"kernel {k}" if d == 1 else f"dilated kernel {reach} (kernel {k}, dilation {d})"
+                raise SpecError(
+                    c.where,
+                    f"its input is {size}, smaller than {what}",
+                    "remove this block, or make the feature map larger earlier: smaller "
+                    "kernels or strides, pooling removed, or more padding",
+                    self._trail_lines() + [f"arithmetic: {L.conv_arithmetic(n, k, s, p, d)}"],
+                )
+        layers = [L.conv(self.ndim, in_shape, c.channels, c.kernel, c.stride, c.padding, c.dilation, c.bias)]
+        shape = layers[0].out_shape
+        pre_pool = shape
+        if c.norm != "none":
+            layers.append(L.norm(c.norm, shape))
+        if c.activation != "none":
+            layers.append(L.activation(c.activation, shape))
+        if c.pool is not None:
+            for n, k, s, p in zip(shape[1:], c.pool.kernel, c.pool.stride, c.pool.padding):
+                if n + 2 * p < k:
+                    raise SpecError(
+                        f"{c.where}.pool",
+                        f"after the conv the feature map is {fmt_dims(shape[1:])}, smaller than the pooling window {k}",
+                        "use a smaller pool, or remove the pool from this block",
+                        self._trail_lines()
+                        + [f"conv: {fmt_dims(in_shape)} -> {fmt_dims(shape)}", f"pool arithmetic: {L.conv_arithmetic(n, k, s, p, 1)}"],
+                    )
+            layers.append(L.pool(self.ndim, shape, c.pool.kind, c.pool.kernel, c.pool.stride, c.pool.padding))
+            shape = layers[-1].out_shape
+        if c.dropout:
+            layers.append(L.dropout(c.dropout, shape))
+        if c.activation in NORMALIZING and shape[0] == 1:
+            self.warn(c.where, f"{c.activation} over a single channel always outputs {'1' if c.activation == 'softmax' else '0'}")
+        block = Block("ConvBlock", c.where, in_shape, tuple(layers))
+        self.trail.append(f"{c.where} -> {fmt_dims(block.out_shape)}")
+        return block, pre_pool
+
+    def linear_block(self, b: LinearSpec, in_shape: Shape, source: str) -> Block:
+        """Linear -> norm -> activation -> dropout."""
+        if b.in_features is not None and b.in_features != in_shape[0]:
+            raise SpecError(
+                b.where,
+                f"declares {b.in_features} input features but {source}",
+                f"set `in_features: {in_shape[0]}`, or remove `in_features` (it is inferred)",
+                self._trail_lines(),
+            )
+        shape: Shape = (b.features,)
+        layers = [L.linear(in_shape[0], b.features, b.bias)]
+        if b.norm != "none":
+            layers.append(L.norm(b.norm, shape))
+        if b.activation != "none":
+            layers.append(L.activation(b.activation, shape))
+        if b.dropout:
+            layers.append(L.dropout(b.dropout, shape))
+        if b.activation in NORMALIZING and b.features == 1:
+            self.warn(
+                b.where,
+                f"{b.activation} over a single output always returns {'1' if b.activation == 'softmax' else '0'}; "
+                "for one binary output use `activation: sigmoid` (or none, with BCEWithLogitsLoss)",
+            )
+        self.trail.append(f"{b.where} -> {b.features}")
+        return Block("LinearBlock", b.where, in_shape, tuple(layers))
+
+    # ------------------------------------------------------------------ stacks
+
+    def encoder(self) -> Encoder:
+        """Conv blocks, Flatten where needed, then linear blocks."""
+        enc = Encoder()
+        shape: Shape = self.model.input
+        source = "the input"
+        for i, c in enumerate(self.model.conv):
+            block, pre_pool = self.conv_block(c, shape, source)
+            enc.items.append(block)
+            enc.blocks.append(block)
+            enc.specs.append(c)
+            enc.pre_pool[len(enc.blocks) - 1] = pre_pool
+            shape, source = block.out_shape, f"the previous block ({c.where}) outputs a map that"
+        if self.model.mlp and len(shape) > 1:
+            enc.flat_from = shape
+            enc.items.append(L.flatten(shape))
+        for i, b in enumerate(self.model.mlp):
+            source = self._describe_source(i, shape, enc.flat_from)
+            shape = (math.prod(shape),)
+            block = self.linear_block(b, shape, source)
+            enc.items.append(block)
+            enc.blocks.append(block)
+            enc.specs.append(b)
+            shape = block.out_shape
+        for c_or_b, block in zip(enc.specs, enc.blocks):
+            self._warn_no_activation(c_or_b, block, enc)
+        return enc
+
+    def _describe_source(self, i: int, shape: Shape, flat_from: Shape | None) -> str:
+        if i > 0:
+            return f"{self.model.mlp[i - 1].where} outputs {shape[0]}"
+        if flat_from is not None:
+            what = "the conv stack" if self.model.conv else "the input"
+            return f"{what} flattens to {fmt_dims(flat_from)} = {math.prod(flat_from)}"
+        return f"the input has {shape[0]} features"
+
+    def _warn_no_activation(self, spec: ConvSpec | LinearSpec, block: Block, enc: Encoder) -> None:
+        is_last = block is enc.blocks[-1]
+        if spec.activation == "none" and not is_last:
+            self.warn(
+                spec.where,
+                "no activation before the next block: two layers with nothing non-linear between "
+                "them compute what one layer could; add e.g. `activation: relu`",
+            )
+
+    def mirror(self, enc: Encoder, start: Shape) -> list[Item]:
+        """Transpose the encoder into a decoder that reproduces its input shape exactly.
+
+        Blocks come in reverse order. Each inverts the encoder block it mirrors
+        (Linear back to the block's input size; ConvTranspose with the same
+        kernel, stride, padding and dilation plus the output_padding that lands
+        on the recorded size; an Upsample to the recorded size where the
+        encoder pooled). Each hidden decoder block then applies the norm,
+        activation and dropout that the encoder applied to produce that same
+        shape, so the decoder retraces the encoder's feature maps and the
+        encoder's own output activation never leaks into it. The last block has
+        no norm or dropout, and `output_activation`.
+        """
+        items: list[Item] = []
+        shape = start
+        n = len(enc.blocks)
+        for j in range(n):
+            i = n - 1 - j
+            spec, block = enc.specs[i], enc.blocks[i]
+            last = i == 0
+            source = None if last else enc.specs[i - 1]
+            norm = "none" if source is None else source.norm
+            act = self.model.output_activation if source is None else source.activation
+            drop = 0.0 if source is None else source.dropout
+            where = f"decoder[{j}]"
+            target = block.in_shape
+            if isinstance(spec, LinearSpec):
+                layers: list[Layer] = [L.linear(shape[0], target[0], spec.bias)]
+                cls = "LinearBlock"
+            else:
+                if shape != block.out_shape:  # leaving the linear part: restore the conv map
+                    unflat = L.unflatten(block.out_shape)
+                    items.append(unflat)
+                    shape = unflat.out_shape
+                layers = []
+                pre_pool = enc.pre_pool[i]
+                if spec.pool is not None:
+                    layers.append(L.upsample(shape, pre_pool[1:]))
+                    shape = pre_pool
+                padding_out = tuple(
+                    want - L.conv_transpose_out(have, k, s, p, d, 0)
+                    for want, have, k, s, p, d in zip(
+                        target[1:], shape[1:], spec.kernel, spec.stride, spec.padding, spec.dilation
+                    )
+                )
+                for op, s, d in zip(padding_out, spec.stride, spec.dilation):
+                    if not (0 <= op and (op < s or op < d)):  # cannot happen for a valid encoder
+                        raise AssertionError(f"{where}: output_padding {op} out of range for stride {s}")
+                layers.append(
+                    L.conv_transpose(
+                        self.ndim, shape, target[0], spec.kernel, spec.stride, spec.padding,
+                        spec.dilation, padding_out, spec.bias,
+                    )
+                )
+                cls = "UpBlock"
+            out = layers[-1].out_shape
+            if norm != "none":
+                layers.append(L.norm(norm, out))
+            if act != "none":
+                layers.append(L.activation(act, out))
+            if drop:
+                layers.append(L.dropout(drop, out))
+            items.append(Block(cls, where, shape, tuple(layers)))
+            shape = out
+            if isinstance(spec, LinearSpec) and i == 0 and enc.flat_from is not None and not self.model.conv:
+                unflat = L.unflatten(enc.flat_from)  # mlp-only encoder of a multi-dimensional input
+                items.append(unflat)
+                shape = unflat.out_shape
+        if shape != self.model.input:  # the transposition is exact by construction
+            raise AssertionError(f"decoder output {shape} != input {self.model.input}")
+        return items
+
+    # ------------------------------------------------------------------ plan
+
+    def warn(self, where: str, message: str) -> None:
+        self.warnings.append(SpecWarning(where, message))
+
+    def _trail_lines(self) -> list[str]:
+        return ["shapes: " + " -> ".join(self.trail)]
+
+    def plan(self, parts: list[Part], output_shape: Shape) -> Plan:
+        train = self.spec.train
+        plan = Plan(
+            project=self.project,
+            kind=self.model.kind,
+            task=train.task,
+            input_shape=self.model.input,
+            output_shape=output_shape,
+            parts=tuple(parts),
+            train=train,
+            latent=self.model.latent,
+            output_activation=self.model.output_activation,
+        )
+        if train.batch_size == 1 and any(op.startswith("BatchNorm") for op in plan.layer_ops()):
+            self.warn("train.batch_size", "BatchNorm cannot train on batches of one sample; use batch_size >= 2")
+        if plan.params > LARGE_MODEL:
+            self.warn(
+                "model",
+                f"{plan.params:,} parameters ({plan.params * 4 / 2**30:.1f} GiB as float32); "
+                "the generated tests build this model, so expect them to be slow",
+            )
+        return replace(plan, warnings=tuple(self.warnings))
+
+    def build(self) -> Plan:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+class HeadBuilder(Builder):
+    """`mlp` and `cnn`: an optional conv stack, then an mlp whose last block is the output."""
+
+    def build(self) -> Plan:
+        enc = self.encoder()
+        parts: list[Part] = []
+        convs = [item for item in enc.items if isinstance(item, Block) and item.cls == "ConvBlock"]
+        linears = [item for item in enc.items if isinstance(item, Block) and item.cls == "LinearBlock"]
+        if convs:
+            parts.append(Part("features", "Convolutional feature extractor.", self.model.input, tuple(convs)))
+        if enc.flat_from is not None:
+            parts.append(Part("flatten", "Flatten the feature map into a vector.", enc.flat_from,
+                              (L.flatten(enc.flat_from),), sequential=False))
+        head_doc = "Classifier head: the last layer outputs one logit per class." if self.spec.train.task == "classification" else "Regression head."
+        parts.append(Part("head", head_doc, linears[0].in_shape, tuple(linears)))
+        out = linears[-1]
+        spec_out = self.model.mlp[-1]
+        if self.spec.train.task == "classification":
+            if out.out_shape[0] < 2:
+                raise SpecError(
+                    spec_out.where,
+                    f"a classifier needs one output per class, but the output layer has {out.out_shape[0]}",
+                    "set `features:` to the number of classes (2 for a binary problem)",
+                )
+            if spec_out.activation != "none":
+                self.warn(
+                    spec_out.where,
+                    f"the output layer applies {spec_out.activation}, but the classification loss "
+                    "(cross entropy) expects raw logits; use `activation: none`",
+                )
+        return self.plan(parts, out.out_shape)
+
+
+class AutoencoderBuilder(Builder):
+    """Encoder, optional latent bottleneck, mirrored decoder."""
+
+    def build(self) -> Plan:
+        enc = self.encoder()
+        items = list(enc.items)
+        start = enc.out_shape
+        decoder: list[Item] = []
+        if self.model.latent is not None:
+            if len(start) > 1:
+                items.append(L.flatten(start))
+            flat = (math.prod(start),)
+            self._check_latent(flat[0])
+            items.append(L.linear(flat[0], self.model.latent, True))
+            decoder.append(L.linear(self.model.latent, flat[0], True))
+            if len(start) > 1:
+                decoder.append(L.unflatten(start))
+        decoder += self.mirror(enc, start)
+        parts = [
+            Part("encoder", "Encoder: input -> code.", self.model.input, tuple(items)),
+            Part("decoder", "Decoder: the encoder transposed, code -> input shape.", items[-1].out_shape, tuple(decoder)),
+        ]
+        return self.plan(parts, decoder[-1].out_shape)
+
+    def _check_latent(self, flat: int) -> None:
+        if self.model.latent is not None and self.model.latent >= flat:
+            self.warn(
+                "model.latent",
+                f"latent {self.model.latent} is not smaller than the encoder output ({flat} values), "
+                "so the bottleneck does not compress",
+            )
+
+
+class VAEBuilder(AutoencoderBuilder):
+    """Encoder, mean and log-variance heads, sampler, mirrored decoder."""
+
+    def build(self) -> Plan:
+        enc = self.encoder()
+        items = list(enc.items)
+        start = enc.out_shape
+        if len(start) > 1:
+            items.append(L.flatten(start))
+        flat = math.prod(start)
+        latent = self.model.latent
+        assert latent is not None
+        self._check_latent(flat)
+        decoder: list[Item] = []
+        if len(start) > 1:
+            decoder.append(L.unflatten(start))
+        decoder += self.mirror(enc, start)
+        parts = [
+            Part("encoder", "Encoder: input -> features for the posterior.", self.model.input, tuple(items)),
+            Part("fc_mu", "Mean of q(z|x).", (flat,), (L.linear(flat, latent, True),), sequential=False),
+            Part("fc_logvar", "Log-variance of q(z|x).", (flat,), (L.linear(flat, latent, True),), sequential=False),
+            Part("fc_decode", "Sampler: z back to the encoder's output size.", (latent,),
+                 (L.linear(latent, flat, True),), sequential=False),
+            Part("decoder", "Decoder: the encoder transposed, back to the input shape.", (flat,), tuple(decoder)),
+        ]
+        return self.plan(parts, decoder[-1].out_shape)
+
+
+BUILDERS: dict[str, type[Builder]] = {
+    "mlp": HeadBuilder,
+    "cnn": HeadBuilder,
+    "autoencoder": AutoencoderBuilder,
+    "vae": VAEBuilder,
+}
+
+
+def build_plan(spec: Spec, project: str | None = None) -> Plan:
+    """Run the builder for the spec's kind."""
+    return BUILDERS[spec.model.kind](spec, project).build()
+
+
+def plan_from_raw(raw: Any, project: str | None = None) -> Plan:
+    """Spec mapping -> checked spec -> plan."""
+    return build_plan(parse_spec(raw), project)
+
+
+def plan_from_file(path: str | Path, project: str | None = None) -> Plan:
+    """Spec file -> plan; raises SpecError on the first problem."""
+    return plan_from_raw(load_spec_file(path), project)

@@ -1,0 +1,560 @@
+"""Spec: read a YAML description of a network and check it key by key.
+
+This module only parses and type-checks; shapes are the builders' job
+(:mod:`scaffold.builders`). The result is a :class:`Spec` of frozen
+dataclasses in which every value that can reach generated code has been
+validated: names against a strict pattern, numbers against ranges, words
+against fixed choices.
+"""
+
+from __future__ import annotations
+
+import keyword
+import re
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from scaffold.errors import SpecError, did_you_mean
+
+MAX_SPEC_BYTES = 256 * 1024
+MAX_SIZE = 1_000_000  # upper bound for any channel, feature, or input size
+MAX_KERNEL = 4096
+MAX_BLOCKS = 128
+MAX_EPOCHS = 100_000
+
+KINDS = ("mlp", "cnn", "autoencoder", "vae")
+TASKS = ("classification", "regression", "reconstruction")
+ACTIVATIONS = (
+    "none",
+    "relu",
+    "leaky_relu",
+    "gelu",
+    "silu",
+    "elu",
+    "tanh",
+    "sigmoid",
+    "softmax",
+    "log_softmax",
+)
+LINEAR_NORMS = ("none", "batch", "layer")
+CONV_NORMS = ("none", "batch")
+POOL_KINDS = ("max", "avg")
+OPTIMIZERS = ("adamw", "adam", "sgd")
+SCHEDULERS = ("cosine", "none")
+DECODERS = ("mirror",)
+
+# Keys a block may set; `defaults:` may set any key shared by some block kind.
+LINEAR_KEYS = ("features", "in_features", "bias", "norm", "activation", "dropout")
+CONV_KEYS = (
+    "channels",
+    "in_channels",
+    "kernel",
+    "stride",
+    "padding",
+    "dilation",
+    "bias",
+    "norm",
+    "activation",
+    "pool",
+    "dropout",
+)
+DEFAULT_KEYS = tuple(
+    k
+    for k in dict.fromkeys(CONV_KEYS + LINEAR_KEYS)
+    if k not in ("channels", "in_channels", "features", "in_features")
+)
+MODEL_KEYS = (
+    "kind",
+    "input",
+    "defaults",
+    "conv",
+    "mlp",
+    "latent",
+    "decoder",
+    "output_activation",
+)
+TRAIN_KEYS = ("task", "epochs", "batch_size", "optimizer", "scheduler", "beta", "seed")
+OPTIMIZER_KEYS = ("name", "lr", "weight_decay", "momentum")
+POOL_KEYS = ("kind", "kernel", "stride", "padding")
+TOP_KEYS = ("project", "model", "train")
+
+PROJECT_RE = re.compile(r"[a-z][a-z0-9]*(?:[-_][a-z0-9]+)*")
+MAX_PROJECT_LEN = 60
+RESERVED_PACKAGES = {"torch", "scaffold", "copier", "jinja2", "test", "tests", "src"}
+
+
+# --------------------------------------------------------------------------- types
+
+
+@dataclass(frozen=True)
+class Pool:
+    kind: str
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ConvSpec:
+    where: str
+    channels: int
+    in_channels: int | None
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+    bias: bool
+    norm: str
+    activation: str
+    pool: Pool | None
+    dropout: float
+
+
+@dataclass(frozen=True)
+class LinearSpec:
+    where: str
+    features: int
+    in_features: int | None
+    bias: bool
+    norm: str
+    activation: str
+    dropout: float
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    kind: str
+    input: tuple[int, ...]
+    conv: tuple[ConvSpec, ...]
+    mlp: tuple[LinearSpec, ...]
+    latent: int | None
+    decoder: str | None
+    output_activation: str
+
+
+@dataclass(frozen=True)
+class TrainSpec:
+    task: str
+    epochs: int = 10
+    batch_size: int = 64
+    optimizer: str = "adamw"
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    momentum: float = 0.9
+    scheduler: str = "cosine"
+    beta: float = 1.0
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class Spec:
+    project: str | None
+    model: ModelSpec
+    train: TrainSpec
+    raw: dict[str, Any] = field(compare=False, repr=False, default_factory=dict)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+class _NoAliasLoader(yaml.SafeLoader):
+    """Safe loader that refuses anchors/aliases (no billion-laughs expansion)."""
+
+    def compose_node(self, parent, index):  # type: ignore[override]
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise SpecError(
+                "spec",
+                f"YAML aliases (`*{event.anchor}`) are not allowed "
+                f"(line {event.start_mark.line + 1})",
+                "write the values out; a spec is short enough without anchors",
+            )
+        return super().compose_node(parent, index)
+
+
+def load_yaml_text(text: str, source: str = "spec") -> dict[str, Any]:
+    """Parse YAML text into a mapping, refusing anything that is not a plain mapping."""
+    if len(text.encode("utf-8", "replace")) > MAX_SPEC_BYTES:
+        raise SpecError(
+            source,
+            f"the file is larger than {MAX_SPEC_BYTES // 1024} KiB",
+            "a spec is a few dozen lines; check that this is the right file",
+        )
+    try:
+        documents = list(yaml.load_all(text, Loader=_NoAliasLoader))
+    except SpecError:
+        raise
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise SpecError(
+            source,
+            f"not valid YAML{at}: {problem}",
+            "check indentation and that lists use `- ` or `[a, b]`",
+        ) from None
+    except RecursionError:
+        raise SpecError(source, "the YAML is nested too deeply", "flatten the spec") from None
+    documents = [d for d in documents if d is not None]
+    if len(documents) != 1:
+        raise SpecError(
+            source,
+            f"expected one YAML document, found {len(documents)}",
+            "keep a single spec per file (no `---` separators)",
+        )
+    data = documents[0]
+    if not isinstance(data, dict):
+        raise SpecError(
+            source,
+            f"the spec must be a mapping with keys `model:` and `train:`, got {_type_name(data)}",
+            "start from a file in examples/",
+        )
+    return data
+
+
+def load_spec_file(path: str | Path) -> dict[str, Any]:
+    """Read a spec file into a raw mapping (not yet validated)."""
+    path = Path(path)
+    try:
+        if path.stat().st_size > MAX_SPEC_BYTES:
+            raise SpecError(
+                str(path),
+                f"the file is larger than {MAX_SPEC_BYTES // 1024} KiB",
+                "a spec is a few dozen lines; check that this is the right file",
+            )
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(str(path), "no such file", "check the path to the spec") from None
+    except IsADirectoryError:
+        raise SpecError(str(path), "is a directory", "pass the path of a .yaml file") from None
+    except UnicodeDecodeError:
+        raise SpecError(str(path), "is not UTF-8 text", "save the spec as UTF-8") from None
+    except OSError as exc:
+        raise SpecError(str(path), f"cannot be read ({exc.strerror})", "check the path") from None
+    return load_yaml_text(text, source=str(path))
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "nothing (null)"
+    if isinstance(value, bool):
+        return f"a boolean ({str(value).lower()})"
+    if isinstance(value, int):
+        return f"an integer ({value})"
+    if isinstance(value, float):
+        return f"a number ({value})"
+    if isinstance(value, str):
+        shown = value if len(value) <= 40 else value[:37] + "..."
+        return f"a string ({shown!r})"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a mapping"
+    return type(value).__name__
+
+
+def check_keys(mapping: dict[str, Any], allowed: tuple[str, ...], where: str, what: str) -> None:
+    for key in mapping:
+        if not isinstance(key, str) or key not in allowed:
+            shown = key if isinstance(key, str) else repr(key)
+            if isinstance(shown, str) and len(shown) > 40:
+                shown = shown[:37] + "..."
+            raise SpecError(
+                where,
+                f"unknown key `{shown}`{did_you_mean(str(key), allowed)}",
+                f"{what} takes: {', '.join(allowed)}",
+            )
+
+
+def as_mapping(value: Any, where: str, example: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise SpecError(where, f"expected a mapping, got {_type_name(value)}", f"write it as {example}")
+    return value
+
+
+def as_int(value: Any, where: str, lo: int = 1, hi: int = MAX_SIZE) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            raise SpecError(where, f"expected a whole number, got {_type_name(value)}", f"use an integer from {lo} to {hi}")
+    if not lo <= value <= hi:
+        raise SpecError(where, f"{value} is out of range", f"use an integer from {lo} to {hi}")
+    return value
+
+
+def as_float(value: Any, where: str, lo: float, hi: float, hi_open: bool = False) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise SpecError(where, f"expected a number, got {_type_name(value)}", f"use a number from {lo} to {hi}")
+    value = float(value)
+    bad = not (lo <= value <= hi) or (hi_open and value >= hi) or value != value
+    if bad:
+        upper = f"below {hi}" if hi_open else f"at most {hi}"
+        raise SpecError(where, f"{value:g} is out of range", f"use a number from {lo} and {upper}")
+    return value
+
+
+def as_bool(value: Any, where: str) -> bool:
+    if not isinstance(value, bool):
+        raise SpecError(where, f"expected true or false, got {_type_name(value)}", "write `true` or `false`")
+    return value
+
+
+def as_choice(value: Any, where: str, choices: tuple[str, ...]) -> str:
+    if value is None or value is False:
+        value = "none"
+    if not isinstance(value, str) or value not in choices:
+        hint = did_you_mean(value, choices) if isinstance(value, str) else ""
+        raise SpecError(
+            where,
+            f"{_type_name(value)} is not one of the choices{hint}",
+            f"use one of: {', '.join(choices)}",
+        )
+    return value
+
+
+def as_tuple(value: Any, where: str, ndim: int, lo: int, hi: int = MAX_KERNEL) -> tuple[int, ...]:
+    """An int, or one int per spatial dimension."""
+    if isinstance(value, list):
+        if len(value) != ndim:
+            raise SpecError(
+                where,
+                f"has {len(value)} values but the input has {ndim} spatial dimension(s)",
+                f"give one integer, or a list of {ndim}",
+            )
+        return tuple(as_int(v, f"{where}[{i}]", lo, hi) for i, v in enumerate(value))
+    return (as_int(value, where, lo, hi),) * ndim
+
+
+def check_project_name(name: Any, where: str = "project") -> str:
+    """A project name becomes a directory, a distribution and a package name."""
+    if not isinstance(name, str):
+        raise SpecError(where, f"expected a name, got {_type_name(name)}", "use a name like `my-vae`")
+    shown = name if len(name) <= 40 else name[:37] + "..."
+    if len(name) > MAX_PROJECT_LEN or not PROJECT_RE.fullmatch(name):
+        raise SpecError(
+            where,
+            f"{shown!r} is not a valid project name",
+            "use lowercase ASCII letters and digits separated by single `-` or `_`, "
+            f"starting with a letter, at most {MAX_PROJECT_LEN} characters (e.g. `my-vae`)",
+        )
+    package = package_name(name)
+    if keyword.iskeyword(package) or package in RESERVED_PACKAGES or package in sys.stdlib_module_names:
+        raise SpecError(
+            where,
+            f"the package name `{package}` would shadow a Python or library module",
+            f"choose another name, e.g. `{name}-model`",
+        )
+    return name
+
+
+def package_name(project: str) -> str:
+    return project.replace("-", "_")
+
+
+# --------------------------------------------------------------------------- blocks
+
+
+def _pool(value: Any, where: str, ndim: int) -> Pool | None:
+    if value is None or value == "none" or value is False or value == 0:
+        return None
+    if isinstance(value, (int, list)) and not isinstance(value, bool):
+        kernel = as_tuple(value, where, ndim, 1)
+        return Pool("max", kernel, kernel, (0,) * ndim)
+    pool = as_mapping(value, where, "`pool: 2` or `pool: {kind: avg, kernel: 3, stride: 1}`")
+    check_keys(pool, POOL_KEYS, where, "pool")
+    if "kernel" not in pool:
+        raise SpecError(where, "missing key `kernel`", "e.g. `pool: {kind: max, kernel: 2}`")
+    kernel = as_tuple(pool["kernel"], f"{where}.kernel", ndim, 1)
+    stride = as_tuple(pool["stride"], f"{where}.stride", ndim, 1) if "stride" in pool else kernel
+    padding = as_tuple(pool.get("padding", 0), f"{where}.padding", ndim, 0)
+    kind = as_choice(pool.get("kind", "max"), f"{where}.kind", POOL_KINDS)
+    for k, p in zip(kernel, padding):
+        if p > k // 2:
+            raise SpecError(
+                f"{where}.padding",
+                f"pooling padding {p} is more than half the kernel {k}",
+                f"torch requires padding <= kernel // 2; use padding <= {k // 2}",
+            )
+    return Pool(kind, kernel, stride, padding)
+
+
+def _merged(block: Any, defaults: dict[str, Any], allowed: tuple[str, ...], where: str,
+            what: str, example: str) -> dict[str, Any]:
+    block = as_mapping(block, where, example)
+    check_keys(block, allowed, where, what)
+    merged = {k: v for k, v in defaults.items() if k in allowed}
+    merged.update(block)
+    return merged
+
+
+def parse_conv(block: Any, where: str, defaults: dict[str, Any], ndim: int) -> ConvSpec:
+    b = _merged(block, defaults, CONV_KEYS, where, "a conv block", "`{channels: 16}`")
+    if "channels" not in b:
+        raise SpecError(where, "missing key `channels`", "every conv block needs `channels:` (its output channels)")
+    return ConvSpec(
+        where=where,
+        channels=as_int(b["channels"], f"{where}.channels"),
+        in_channels=as_int(b["in_channels"], f"{where}.in_channels") if "in_channels" in b else None,
+        kernel=as_tuple(b.get("kernel", 3), f"{where}.kernel", ndim, 1),
+        stride=as_tuple(b.get("stride", 1), f"{where}.stride", ndim, 1),
+        padding=as_tuple(b.get("padding", 0), f"{where}.padding", ndim, 0),
+        dilation=as_tuple(b.get("dilation", 1), f"{where}.dilation", ndim, 1),
+        bias=as_bool(b.get("bias", True), f"{where}.bias"),
+        norm=as_choice(b.get("norm", "none"), f"{where}.norm", CONV_NORMS),
+        activation=as_choice(b.get("activation", "none"), f"{where}.activation", ACTIVATIONS),
+        pool=_pool(b.get("pool"), f"{where}.pool", ndim),
+        dropout=as_float(b.get("dropout", 0.0), f"{where}.dropout", 0.0, 1.0, hi_open=True),
+    )
+
+
+def parse_linear(block: Any, where: str, defaults: dict[str, Any]) -> LinearSpec:
+    b = _merged(block, defaults, LINEAR_KEYS, where, "an mlp block", "`{features: 64}`")
+    if "features" not in b:
+        raise SpecError(where, "missing key `features`", "every mlp block needs `features:` (its output size)")
+    return LinearSpec(
+        where=where,
+        features=as_int(b["features"], f"{where}.features"),
+        in_features=as_int(b["in_features"], f"{where}.in_features") if "in_features" in b else None,
+        bias=as_bool(b.get("bias", True), f"{where}.bias"),
+        norm=as_choice(b.get("norm", "none"), f"{where}.norm", LINEAR_NORMS),
+        activation=as_choice(b.get("activation", "none"), f"{where}.activation", ACTIVATIONS),
+        dropout=as_float(b.get("dropout", 0.0), f"{where}.dropout", 0.0, 1.0, hi_open=True),
+    )
+
+
+def _block_list(value: Any, where: str, example: str) -> list[Any]:
+    if value is None:
+        return []
+    if not isinstance(value, list):
+        raise SpecError(where, f"expected a list of blocks, got {_type_name(value)}", f"write it as a list, e.g. `[{example}]`")
+    if len(value) > MAX_BLOCKS:
+        raise SpecError(where, f"has {len(value)} blocks, more than {MAX_BLOCKS}", "use fewer blocks")
+    return value
+
+
+# --------------------------------------------------------------------------- spec
+
+
+def parse_model(raw: Any) -> ModelSpec:
+    m = as_mapping(raw, "model", "`model: {kind: mlp, input: [8], mlp: [...]}`")
+    check_keys(m, MODEL_KEYS, "model", "`model:`")
+    for key in ("kind", "input"):
+        if key not in m:
+            raise SpecError("model", f"missing key `{key}`", "e.g. `kind: cnn` and `input: [1, 28, 28]`")
+    kind = as_choice(m["kind"], "model.kind", KINDS)
+
+    raw_input = m["input"]
+    if not isinstance(raw_input, list) or not 1 <= len(raw_input) <= 4:
+        raise SpecError(
+            "model.input",
+            f"expected a list of 1 to 4 sizes, got {_type_name(raw_input)}"
+            + (f" of length {len(raw_input)}" if isinstance(raw_input, list) else ""),
+            "use [features], [channels, length], [channels, height, width] or [channels, depth, height, width]",
+        )
+    shape = tuple(as_int(v, f"model.input[{i}]") for i, v in enumerate(raw_input))
+    ndim = len(shape) - 1
+
+    defaults = as_mapping(m.get("defaults") or {}, "model.defaults", "`defaults: {activation: relu}`")
+    check_keys(defaults, DEFAULT_KEYS, "model.defaults", "`defaults:`")
+
+    conv_raw = _block_list(m.get("conv"), "model.conv", "{channels: 16}")
+    mlp_raw = _block_list(m.get("mlp"), "model.mlp", "{features: 64}")
+
+    if conv_raw and ndim == 0:
+        raise SpecError(
+            "model.conv",
+            f"conv blocks need an input with channels and spatial size, but input is {list(shape)}",
+            "give `input: [channels, length]` (1-D), `[channels, height, width]` (2-D) or "
+            "`[channels, depth, height, width]` (3-D), or drop `conv:`",
+        )
+    if kind == "mlp" and conv_raw:
+        raise SpecError("model.conv", "kind `mlp` has no conv stack", "use `kind: cnn` for conv blocks followed by an mlp head")
+    if kind in ("mlp", "cnn") and not mlp_raw:
+        raise SpecError(
+            "model.mlp",
+            f"kind `{kind}` needs an `mlp:` list; its last block is the output layer",
+            "add e.g. `mlp: [{features: 64}, {features: 10}]`",
+        )
+    if kind == "cnn" and not conv_raw:
+        raise SpecError("model.conv", "kind `cnn` needs a `conv:` list", "add e.g. `conv: [{channels: 16, pool: 2}]`, or use `kind: mlp`")
+    if kind in ("autoencoder", "vae") and not (conv_raw or mlp_raw):
+        raise SpecError("model", f"kind `{kind}` needs an encoder: a `conv:` list, an `mlp:` list, or both", "add e.g. `conv: [{channels: 32, stride: 2}]`")
+
+    conv = tuple(parse_conv(b, f"model.conv[{i}]", defaults, ndim) for i, b in enumerate(conv_raw))
+    head = kind in ("mlp", "cnn")
+    # `defaults:` describe hidden layers: the output layer of a head (the last
+    # mlp block of kind mlp or cnn) takes only `bias` from them, never a norm,
+    # activation or dropout it did not ask for itself.
+    output_defaults = {k: v for k, v in defaults.items() if k == "bias"}
+    mlp = tuple(
+        parse_linear(b, f"model.mlp[{i}]", output_defaults if head and i == len(mlp_raw) - 1 else defaults)
+        for i, b in enumerate(mlp_raw)
+    )
+
+    latent = None
+    if "latent" in m and m["latent"] is not None:
+        latent = as_int(m["latent"], "model.latent")
+    if kind == "vae" and latent is None:
+        raise SpecError("model", "kind `vae` needs `latent:` (the size of z)", "add e.g. `latent: 16`")
+    if kind in ("mlp", "cnn"):
+        for key in ("latent", "decoder", "output_activation"):
+            if key in m:
+                raise SpecError(f"model.{key}", f"applies to autoencoders and VAEs, not kind `{kind}`", f"remove `{key}:`, or set `kind: autoencoder`")
+    decoder = None
+    if kind in ("autoencoder", "vae"):
+        decoder = as_choice(m.get("decoder", "mirror"), "model.decoder", DECODERS)
+    output_activation = as_choice(m.get("output_activation", "none"), "model.output_activation", ACTIVATIONS)
+    return ModelSpec(kind, shape, conv, mlp, latent, decoder, output_activation)
+
+
+def parse_train(raw: Any, kind: str) -> TrainSpec:
+    t = as_mapping(raw if raw is not None else {}, "train", "`train: {task: classification}`")
+    check_keys(t, TRAIN_KEYS, "train", "`train:`")
+    natural = "reconstruction" if kind in ("autoencoder", "vae") else "classification"
+    task = as_choice(t.get("task", natural), "train.task", TASKS)
+    if (task == "reconstruction") != (natural == "reconstruction"):
+        allowed = "reconstruction" if natural == "reconstruction" else "classification or regression"
+        raise SpecError("train.task", f"task `{task}` does not fit kind `{kind}`", f"use `task: {allowed}`")
+    opt = t.get("optimizer", {})
+    if isinstance(opt, str):
+        opt = {"name": opt}
+    opt = as_mapping(opt, "train.optimizer", "`optimizer: {name: adamw, lr: 0.001}`")
+    check_keys(opt, OPTIMIZER_KEYS, "train.optimizer", "`optimizer:`")
+    name = as_choice(opt.get("name", "adamw"), "train.optimizer.name", OPTIMIZERS)
+    scheduler = t.get("scheduler", "cosine")
+    if kind in ("mlp", "cnn") and "beta" in t:
+        raise SpecError("train.beta", "`beta` weighs the KL term of a VAE", "remove `beta:`")
+    if kind == "autoencoder" and "beta" in t:
+        raise SpecError("train.beta", "`beta` weighs the KL term of a VAE, and this is a plain autoencoder", "remove `beta:`, or use `kind: vae`")
+    return TrainSpec(
+        task=task,
+        epochs=as_int(t.get("epochs", 10), "train.epochs", 1, MAX_EPOCHS),
+        batch_size=as_int(t.get("batch_size", 64), "train.batch_size", 1, 65536),
+        optimizer=name,
+        lr=as_float(opt.get("lr", 1e-3), "train.optimizer.lr", 1e-12, 10.0),
+        weight_decay=as_float(opt.get("weight_decay", 0.01 if name == "adamw" else 0.0), "train.optimizer.weight_decay", 0.0, 10.0),
+        momentum=as_float(opt.get("momentum", 0.9), "train.optimizer.momentum", 0.0, 1.0, hi_open=True),
+        scheduler=as_choice(scheduler, "train.scheduler", SCHEDULERS),
+        beta=as_float(t.get("beta", 1.0), "train.beta", 0.0, 1000.0),
+        seed=as_int(t.get("seed", 0), "train.seed", 0, 2**31 - 1),
+    )
+
+
+def parse_spec(raw: Any) -> Spec:
+    """Check a raw mapping (from YAML, JSON or copier answers) and normalize it."""
+    data = as_mapping(raw, "spec", "a mapping with `model:` and `train:`")
+    check_keys(data, TOP_KEYS, "spec", "the top level")
+    if "model" not in data:
+        raise SpecError("spec", "missing key `model`", "add a `model:` section; see examples/")
+    project = check_project_name(data["project"]) if data.get("project") is not None else None
+    model = parse_model(data["model"])
+    train = parse_train(data.get("train"), model.kind)
+    return Spec(project, model, train, raw=data)
