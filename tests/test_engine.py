@@ -1,0 +1,210 @@
+"""The engine: contract examples, contract rejects, shapes against torch."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import yaml
+
+from scaffold.builders import plan_from_file, plan_from_raw
+from scaffold.errors import SpecError
+from scaffold.plan import Block, format_table
+
+from conftest import EXAMPLES, torch_check_plan
+
+CONTRACT = {"tabular-mlp", "digits-cnn", "conv-vae", "odd-autoencoder"}
+
+
+def raw(name: str) -> dict:
+    return yaml.safe_load(next(p for p in EXAMPLES if p.stem == name).read_text())
+
+
+def test_contract_examples_are_shipped():
+    assert CONTRACT <= {p.stem for p in EXAMPLES}
+
+
+@pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.stem)
+def test_example_plans_match_torch(path):
+    plan = plan_from_file(path)
+    assert plan.project == path.stem
+    assert not plan.warnings, [w.render() for w in plan.warnings]
+    torch_check_plan(plan)
+
+
+@pytest.mark.parametrize("name", ["conv-vae", "odd-autoencoder"])
+def test_mirrored_decoder_reproduces_input(name):
+    plan = plan_from_raw(raw(name))
+    decoder = plan.part("decoder")
+    assert decoder.out_shape == plan.input_shape
+    assert plan.output_shape == plan.input_shape
+
+
+def test_odd_autoencoder_layers():
+    plan = plan_from_raw(raw("odd-autoencoder"))
+    shapes = [block.out_shape for block in plan.part("encoder").items if isinstance(block, Block)]
+    assert shapes == [(8, 17, 25), (16, 4, 6)]
+    codes = [layer.code for block in plan.part("decoder").items if isinstance(block, Block) for layer in block.layers]
+    # the pool is undone by an upsampling to the exact pre-pool size, then the strided convs
+    assert codes[0] == 'nn.Upsample(size=(9, 13), mode="nearest")'
+    assert codes[1] == "nn.ConvTranspose2d(16, 8, kernel_size=3, stride=2, padding=1)"
+    assert codes[-1] == "nn.ConvTranspose2d(8, 3, kernel_size=5, stride=2)"
+
+
+def test_conv_vae_decoder():
+    plan = plan_from_raw(raw("conv-vae"))
+    blocks = [b for b in plan.part("decoder").items if isinstance(b, Block)]
+    first, last = [[layer.code for layer in b.layers] for b in blocks]
+    # BatchNorm follows the transposed conv's *output* channels; the last block has no norm
+    assert first == [
+        "nn.ConvTranspose2d(64, 32, kernel_size=3, stride=2, padding=1, output_padding=1)",
+        "nn.BatchNorm2d(32)",
+        "nn.ReLU()",
+    ]
+    assert last == ["nn.ConvTranspose2d(32, 1, kernel_size=3, stride=2, padding=1, output_padding=1)", "nn.Sigmoid()"]
+    assert plan.part("fc_mu").out_shape == (16,)
+    assert plan.part("fc_decode").out_shape == (3136,)
+
+
+def test_defaults_fill_hidden_blocks_not_the_output_layer():
+    plan = plan_from_raw(raw("digits-cnn"))
+    head = plan.part("head").items
+    assert [layer.op for layer in head[0].layers] == ["Linear", "BatchNorm1d", "ReLU", "Dropout"]
+    assert [layer.op for layer in head[1].layers] == ["Linear"]
+    tab = plan_from_raw(raw("tabular-mlp"))
+    assert all("bias=False" in b.layers[0].code for b in tab.part("head").items)
+
+
+def test_encoder_output_activation_never_leaks_into_decoder():
+    spec = {
+        "model": {
+            "kind": "autoencoder",
+            "input": [1, 16, 16],
+            "conv": [
+                {"channels": 4, "stride": 2, "padding": 1, "activation": "relu", "norm": "batch"},
+                {"channels": 8, "stride": 2, "padding": 1, "activation": "softmax"},
+            ],
+        }
+    }
+    plan = plan_from_raw(spec)
+    ops = [layer.op for item in plan.part("decoder").items for layer in item.layers]
+    assert "Softmax" not in ops
+    # the hidden decoder block retraces the encoder map of the same shape: BatchNorm2d(4) then ReLU
+    assert ops == ["ConvTranspose2d", "BatchNorm2d", "ReLU", "ConvTranspose2d"]
+    torch_check_plan(plan)
+
+
+def test_mlp_autoencoder_and_vae_mirror():
+    spec = {
+        "model": {
+            "kind": "vae",
+            "input": [1, 12, 12],
+            "defaults": {"activation": "gelu", "norm": "layer"},
+            "mlp": [{"features": 64}, {"features": 32}],
+            "latent": 4,
+            "output_activation": "sigmoid",
+        }
+    }
+    plan = plan_from_raw(spec)
+    assert plan.part("decoder").out_shape == (1, 12, 12)
+    torch_check_plan(plan)
+
+
+@pytest.mark.parametrize(
+    "model, where, words",
+    [
+        (
+            {"kind": "cnn", "input": [1, 8, 8], "defaults": {"kernel": 3, "stride": 2, "padding": 0},
+             "conv": [{"channels": 8}, {"channels": 16}, {"channels": 32}], "mlp": [{"features": 10}]},
+            "model.conv[2]",
+            ["1 x 1", "smaller than kernel 3"],
+        ),
+        (
+            {"kind": "cnn", "input": [1, 28, 28],
+             "defaults": {"kernel": 3, "padding": 1, "pool": {"kind": "max", "kernel": 2, "stride": 1}},
+             "conv": [{"channels": 16}, {"channels": 16}, {"channels": 32}],
+             "mlp": [{"in_features": 625, "features": 64}, {"features": 10}]},
+            "model.mlp[0]",
+            ["625", "32 x 25 x 25 = 20000", "in_features: 20000"],
+        ),
+        (
+            {"kind": "cnn", "input": [1, 28, 28], "conv": [{"chanels": 16}], "mlp": [{"features": 10}]},
+            "model.conv[0]",
+            ["unknown key `chanels`", "did you mean `channels`"],
+        ),
+        (
+            {"kind": "cnn", "input": [3, 8, 8], "conv": [{"channels": 4, "in_channels": 1}], "mlp": [{"features": 2}]},
+            "model.conv[0]",
+            ["in_channels 1", "3 channels"],
+        ),
+        (
+            {"kind": "cnn", "input": [1, 4, 4], "conv": [{"channels": 4, "kernel": 3, "pool": 3}], "mlp": [{"features": 2}]},
+            "model.conv[0].pool",
+            ["2 x 2", "pooling window 3"],
+        ),
+        (
+            {"kind": "cnn", "input": [1, 9, 9], "conv": [{"channels": 4, "pool": {"kernel": 2, "padding": 2}}],
+             "mlp": [{"features": 2}]},
+            "model.conv[0].pool.padding",
+            ["half the kernel"],
+        ),
+        ({"kind": "mlp", "input": [4], "mlp": [{"features": 1}]}, "model.mlp[0]", ["one output per class"]),
+        ({"kind": "vae", "input": [4], "mlp": [{"features": 2}]}, "model", ["latent"]),
+        ({"kind": "cnn", "input": [1, 8, 8], "conv": [{"channels": 2, "kernel": [3, 3, 3]}], "mlp": [{"features": 2}]},
+         "model.conv[0].kernel", ["3 values", "2 spatial"]),
+        ({"kind": "mlp", "input": [4], "mlp": [{"features": -3}]}, "model.mlp[0].features", ["-3", "out of range"]),
+        ({"kind": "mlp", "input": [4], "mlp": [{"features": 2, "activation": "rleu"}]}, "model.mlp[0].activation",
+         ["did you mean `relu`"]),
+        ({"kind": "mlp", "input": [4], "mlp": [{"features": 2, "kernel": 3}]}, "model.mlp[0]", ["unknown key `kernel`"]),
+    ],
+)
+def test_rejects_name_location_and_shapes(model, where, words):
+    with pytest.raises(SpecError) as info:
+        plan_from_raw({"model": model})
+    error = info.value
+    assert error.where == where, error.render()
+    text = error.render()
+    for word in words:
+        assert word in text, text
+    assert "fix:" in text
+
+
+def test_rejected_shrinking_stack_really_fails_in_torch():
+    torch = pytest.importorskip("torch")
+    conv = torch.nn.Conv2d(16, 32, kernel_size=3, stride=2)
+    with pytest.raises(RuntimeError):
+        conv(torch.empty(1, 16, 1, 1))
+
+
+def test_warnings_for_likely_mistakes():
+    plan = plan_from_raw({"model": {"kind": "mlp", "input": [4], "mlp": [
+        {"features": 8}, {"features": 1, "activation": "softmax"}]}, "train": {"task": "regression"}})
+    messages = [w.render() for w in plan.warnings]
+    assert any("model.mlp[1]" in m and "single output" in m for m in messages)
+    assert any("model.mlp[0]" in m and "no activation" in m for m in messages)
+    plan = plan_from_raw({"model": {"kind": "mlp", "input": [4], "mlp": [{"features": 3, "activation": "softmax"}]}})
+    assert any("raw logits" in w.message for w in plan.warnings)
+
+
+def test_show_table_fits_100_columns():
+    for path in EXAMPLES:
+        table = format_table(plan_from_file(path))
+        assert max(map(len, table.splitlines())) <= 100
+        assert "total:" in table
+
+
+def test_one_dimensional_and_three_dimensional_inputs():
+    for shape in ([2, 51], [1, 7, 15, 9]):
+        spec = {"model": {"kind": "autoencoder", "input": shape,
+                          "defaults": {"kernel": 3, "stride": 2, "padding": 1, "activation": "relu", "norm": "batch"},
+                          "conv": [{"channels": 4}, {"channels": 8, "pool": 2}], "latent": 5}}
+        plan = plan_from_raw(spec)
+        assert plan.output_shape == tuple(shape)
+        torch_check_plan(plan)
+
+
+def test_spec_is_not_mutated():
+    spec = raw("digits-cnn")
+    before = copy.deepcopy(spec)
+    plan_from_raw(spec)
+    assert spec == before

@@ -1,0 +1,91 @@
+"""Property test: for random specs, torch's shapes equal the static plan.
+
+Accepted specs: every layer built with torch on the meta device has the shape
+and parameter count the plan says, and mirrored decoders return the input
+shape. Rejected conv stacks: torch really fails on the same layers.
+"""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scaffold.builders import plan_from_raw
+from scaffold.errors import SpecError
+
+from conftest import torch_check_plan
+
+torch = pytest.importorskip("torch")
+
+ACTS = ["relu", "gelu", "tanh", "none", "leaky_relu", "silu"]
+
+
+@st.composite
+def conv_specs(draw):
+    ndim = draw(st.integers(1, 3))
+    sizes = draw(st.lists(st.integers(1, 40 if ndim < 3 else 13), min_size=ndim, max_size=ndim))
+    channels = draw(st.integers(1, 4))
+    blocks = []
+    for _ in range(draw(st.integers(1, 3))):
+        block = {
+            "channels": draw(st.integers(1, 6)),
+            "kernel": draw(st.integers(1, 5)),
+            "stride": draw(st.integers(1, 3)),
+            "padding": draw(st.integers(0, 2)),
+            "dilation": draw(st.integers(1, 2)),
+            "activation": draw(st.sampled_from(ACTS)),
+            "norm": draw(st.sampled_from(["none", "batch"])),
+        }
+        if draw(st.booleans()):
+            k = draw(st.integers(1, 3))
+            block["pool"] = {"kind": draw(st.sampled_from(["max", "avg"])), "kernel": k,
+                             "stride": draw(st.integers(1, 3)), "padding": draw(st.integers(0, k // 2))}
+        blocks.append(block)
+    kind = draw(st.sampled_from(["cnn", "autoencoder", "vae"]))
+    model = {"kind": kind, "input": [channels, *sizes], "conv": blocks}
+    if kind == "cnn":
+        model["mlp"] = [{"features": draw(st.integers(2, 5))}]
+    else:
+        if kind == "vae" or draw(st.booleans()):
+            model["latent"] = draw(st.integers(1, 8))
+        if draw(st.booleans()):
+            model["mlp"] = [{"features": draw(st.integers(1, 9)), "activation": "relu"}]
+        model["output_activation"] = draw(st.sampled_from(["none", "sigmoid"]))
+    return {"model": model}
+
+
+def torch_encoder_fails(model) -> bool:
+    """Run the conv stack in torch; True if torch rejects it."""
+    ndim = len(model["input"]) - 1
+    x = torch.empty((1, *model["input"]), device="meta")
+    conv = [torch.nn.Conv1d, torch.nn.Conv2d, torch.nn.Conv3d][ndim - 1]
+    pools = {"max": [torch.nn.MaxPool1d, torch.nn.MaxPool2d, torch.nn.MaxPool3d],
+             "avg": [torch.nn.AvgPool1d, torch.nn.AvgPool2d, torch.nn.AvgPool3d]}
+    try:
+        for b in model["conv"]:
+            layer = conv(x.shape[1], b["channels"], b["kernel"], b["stride"], b["padding"], b["dilation"])
+            x = layer.to("meta")(x)
+            if "pool" in b:
+                p = b["pool"]
+                x = pools[p["kind"]][ndim - 1](p["kernel"], p["stride"], p["padding"])(x)
+            if min(x.shape) <= 0:
+                return True
+    except RuntimeError:
+        return True
+    return False
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(conv_specs())
+def test_plan_equals_torch(spec):
+    try:
+        plan = plan_from_raw(spec)
+    except SpecError as error:
+        if error.where.startswith("model.conv["):
+            assert torch_encoder_fails(spec["model"]), error.render()
+        return
+    assert not torch_encoder_fails(spec["model"])
+    torch_check_plan(plan)
+    if spec["model"]["kind"] != "cnn":
+        assert plan.output_shape == tuple(spec["model"]["input"])
