@@ -234,7 +234,7 @@ class Builder:
                 layers.append(L.activation(act, out))
             if drop:
                 layers.append(L.dropout(drop, out))
-            items.append(Block(cls, where, shape, tuple(layers)))
+            items.append(Block(cls, where, shape, tuple(layers), note=f"mirrors {spec.where}"))
             shape = out
             if isinstance(spec, LinearSpec) and i == 0 and enc.flat_from is not None and not self.model.conv:
                 unflat = L.unflatten(enc.flat_from)  # mlp-only encoder of a multi-dimensional input

@@ -16,7 +16,7 @@ from typing import Optional
 import typer
 
 from scaffold import __version__
-from scaffold.errors import ScaffoldError
+from scaffold.errors import GenerateError, ScaffoldError
 
 app = typer.Typer(
     add_completion=False,
@@ -64,6 +64,83 @@ def show(
         raise _fail(error) from None
     typer.echo(plan.summary())
     typer.echo(format_table(plan, width=width))
+
+
+@app.command()
+def new(
+    path: Path = typer.Argument(..., help="Directory to create; its name is the project name.", show_default=False),
+    spec: Optional[Path] = typer.Option(None, "--spec", "-s", help="Spec file (YAML); no questions asked."),
+    defaults: bool = typer.Option(False, "--defaults", help="Take every default answer without asking."),
+) -> None:
+    """Generate a standalone PyTorch project (a git repository) from a spec or from questions."""
+    from scaffold.render import check_target, new_project
+    from scaffold.spec import check_project_name
+
+    try:
+        dest = Path(os.path.abspath(path))
+        name = check_project_name(dest.name, where="project name (the directory name)")
+        check_target(dest)
+        data: dict = {"project_name": name}
+        if spec is not None:
+            from scaffold.builders import plan_from_raw
+            from scaffold.spec import load_spec_file
+
+            raw = {**load_spec_file(spec), "project": name}
+            plan = plan_from_raw(raw, name)
+            for warning in plan.warnings:
+                typer.echo(warning.render(), err=True)
+            data.update(from_spec=True, spec=raw)
+        elif not defaults and not (sys.stdin.isatty() and sys.stdout.isatty()):
+            raise GenerateError(
+                "no terminal to ask questions on; pass --spec FILE (see examples/), "
+                "or --defaults to take every default"
+            )
+        new_project(dest, data, interactive=spec is None and not defaults)
+    except ScaffoldError as error:
+        raise _fail(error) from None
+    package = name.replace("-", "_")
+    typer.echo(f"created {dest}")
+    typer.echo(f"  cd {path} && pip install -e '.[test]' && pytest")
+    typer.echo(f"  python -m {package}.train --epochs 2")
+
+
+@app.command()
+def update(
+    path: Path = typer.Argument(Path("."), help="The generated project."),
+    spec: Optional[Path] = typer.Option(None, "--spec", "-s", help="A changed spec (YAML) for the project."),
+) -> None:
+    """Take the newest template and/or a changed spec into a project, keeping your edits."""
+    from scaffold.render import update_project
+
+    try:
+        project = path.resolve()
+        data: dict = {}
+        if spec is not None:
+            from scaffold.builders import plan_from_raw
+            from scaffold.spec import load_spec_file
+
+            name = project.name
+            raw = {**load_spec_file(spec), "project": name}
+            plan = plan_from_raw(raw, name)  # refuse an invalid spec before anything changes
+            for warning in plan.warnings:
+                typer.echo(warning.render(), err=True)
+            data.update(from_spec=True, spec=raw)
+        tag = update_project(project, data)
+    except ScaffoldError as error:
+        raise _fail(error) from None
+    typer.echo(f"updated {project} to template {tag}; review with `git diff`, resolve any conflict markers")
+
+
+@app.command()
+def template() -> None:
+    """Print the template repository that Copier uses (for plain `copier copy`/`update`)."""
+    from scaffold.render import sync_template_repo
+
+    try:
+        repo, tag = sync_template_repo()
+    except ScaffoldError as error:
+        raise _fail(error) from None
+    typer.echo(f"{repo}  (newest tag {tag})")
 
 
 def _version(value: bool) -> None:

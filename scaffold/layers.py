@@ -39,6 +39,7 @@ class Layer:
     code: str  # constructor call, e.g. "nn.Conv2d(1, 32, kernel_size=3)"
     out_shape: Shape
     params: int = 0
+    is_block = False
 
 
 def fmt_shape(shape: Shape, batch: str = "B") -> str:

@@ -24,9 +24,11 @@ class Block:
     """A reusable block: a main layer plus optional norm / activation / pool / dropout."""
 
     cls: str  # one of BLOCK_CLASSES
-    where: str  # spec location, e.g. "model.conv[1]" or "decoder[0] (mirrors model.conv[1])"
+    where: str  # spec location, e.g. "model.conv[1]", or "decoder[0]" for a mirrored block
     in_shape: Shape
     layers: tuple[Layer, ...]
+    note: str = ""  # e.g. "mirrors model.conv[1]"
+    is_block = True
 
     @property
     def out_shape(self) -> Shape:
@@ -71,6 +73,12 @@ class Plan:
     latent: int | None = None
     output_activation: str = "none"
     warnings: tuple[SpecWarning, ...] = field(default=())
+
+    @property
+    def class_name(self) -> str:
+        """CamelCase model class name from the project name (conv-vae -> ConvVae)."""
+        name = "".join(word.capitalize() for word in self.project.replace("-", "_").split("_"))
+        return name + "Model" if name in BLOCK_CLASSES else name
 
     @property
     def ndim(self) -> int:
@@ -121,15 +129,20 @@ class Plan:
             for i, item in enumerate(part.items):
                 if isinstance(item, Block):
                     rows += [(f"{part.name}.{i}.{layer.role}", layer.out_shape) for layer in item.layers]
+                    rows.append((f"{part.name}.{i}", item.out_shape))
                 else:
                     rows.append((f"{part.name}.{i}", item.out_shape))
         return rows
+
+    @property
+    def num_layers(self) -> int:
+        return sum(len(item.layers) if isinstance(item, Block) else 1 for part in self.parts for item in part.items)
 
     def summary(self) -> str:
         """One line: what the model maps to what, and its size."""
         return (
             f"{self.project}: {self.kind}, {fmt_shape(self.input_shape)} -> {fmt_shape(self.output_shape)}, "
-            f"{len(self.module_shapes())} layers, {self.params:,} parameters"
+            f"{self.num_layers} layers, {self.params:,} parameters"
         )
 
 

@@ -1,0 +1,150 @@
+"""Jinja extension that lets the Copier template read the plan.
+
+Copier loads it through ``_jinja_extensions`` in ``templates/copier.yml`` (so
+``copier copy`` / ``copier update`` need ``--trust``). It adds:
+
+* ``scaffold_plan(spec, project_name)``: the validated plan (the template
+  never computes a shape itself);
+* ``scaffold_compose(...)``: the spec built from the interactive answers;
+* ``scaffold_check_*``: answer validators that return an error message or "";
+* the ``black`` filter: ``{% filter black %}...{% endfilter %}`` wraps every
+  generated Python file, so every render (copy, and both sides of an update)
+  comes out black-formatted and updates never show formatting-only conflicts.
+
+Nothing here imports torch.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from functools import lru_cache
+from typing import Any
+
+from jinja2.ext import Extension
+
+from scaffold.errors import SpecError
+from scaffold.layers import fmt_shape
+from scaffold.plan import format_table
+from scaffold.spec import MAX_SIZE, check_project_name, package_name
+
+LINE_LENGTH = 88
+
+
+def black_format(source: str) -> str:
+    """Format generated Python with black (imported lazily: it is slow to import)."""
+    import black
+
+    return black.format_str(source, mode=black.Mode(line_length=LINE_LENGTH))
+
+
+@lru_cache(maxsize=32)
+def _plan_cached(spec_json: str, project: str):
+    from scaffold.builders import plan_from_raw
+
+    return plan_from_raw(json.loads(spec_json), project)
+
+
+def scaffold_plan(spec: Any, project_name: str):
+    """The plan for a spec mapping; raises SpecError (aborting the render) if invalid."""
+    return _plan_cached(json.dumps(spec, sort_keys=True), project_name)
+
+
+def _ints(text: Any, what: str, allow_empty: bool = False) -> list[int]:
+    """'1, 28, 28' -> [1, 28, 28]"""
+    if isinstance(text, int) and not isinstance(text, bool):
+        return [text]
+    if not isinstance(text, str):
+        raise ValueError(f"{what}: expected numbers separated by commas")
+    parts = [p for p in re.split(r"[\s,x]+", text.strip()) if p]
+    if not parts and not allow_empty:
+        raise ValueError(f"{what}: give at least one number")
+    if not all(p.isdigit() and 0 < int(p) <= MAX_SIZE for p in parts):
+        raise ValueError(f"{what}: use positive whole numbers separated by commas, e.g. 16, 32")
+    return [int(p) for p in parts]
+
+
+def scaffold_compose(
+    kind: str,
+    input_shape: str,
+    conv_channels: str,
+    hidden: str,
+    num_outputs: int,
+    latent: int,
+    task: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+) -> dict[str, Any]:
+    """Build a spec from the interactive answers (conventional defaults for the rest)."""
+    shape = _ints(input_shape, "input shape")
+    model: dict[str, Any] = {"kind": kind, "input": shape}
+    convs = _ints(conv_channels, "conv channels", allow_empty=True) if len(shape) > 1 and kind != "mlp" else []
+    widths = _ints(hidden, "hidden sizes", allow_empty=True)
+    if kind in ("mlp", "cnn"):
+        model["defaults"] = {"kernel": 3, "padding": 1, "norm": "batch", "activation": "relu"}
+        if convs:
+            model["conv"] = [{"channels": c, "pool": 2} for c in convs]
+        model["mlp"] = [{"features": w} for w in widths] + [{"features": num_outputs}]
+    else:
+        model["defaults"] = {"kernel": 3, "stride": 2, "padding": 1, "norm": "batch", "activation": "relu"}
+        if convs:
+            model["conv"] = [{"channels": c} for c in convs]
+        if widths or not convs:
+            model["mlp"] = [{"features": w} for w in widths or [max(latent * 4, 8)]]
+        model["latent"] = latent
+        model["decoder"] = "mirror"
+        model["output_activation"] = "sigmoid"
+    train: dict[str, Any] = {
+        "task": task if kind in ("mlp", "cnn") else "reconstruction",
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "optimizer": {"name": "adamw", "lr": lr, "weight_decay": 0.01},
+        "scheduler": "cosine",
+    }
+    return {"model": model, "train": train}
+
+
+def scaffold_check_name(name: Any) -> str:
+    try:
+        check_project_name(name)
+    except SpecError as error:
+        return f"{error.problem}; {error.fix}"
+    return ""
+
+
+def scaffold_check_ints(text: Any, what: str, allow_empty: bool = False) -> str:
+    try:
+        _ints(text, what, allow_empty)
+    except ValueError as error:
+        return str(error)
+    return ""
+
+
+def scaffold_check_spec(spec: Any, project_name: Any) -> str:
+    """'' when the spec builds, else the engine's message (for copier validators)."""
+    try:
+        scaffold_plan(spec, project_name)
+    except SpecError as error:
+        return error.render()
+    except (TypeError, ValueError) as error:
+        return f"error: spec: {error}"
+    return ""
+
+
+class ScaffoldExtension(Extension):
+    """Registers scaffold's globals and the black filter on a Jinja environment."""
+
+    def __init__(self, environment):
+        super().__init__(environment)
+        environment.globals.update(
+            scaffold_plan=scaffold_plan,
+            scaffold_compose=scaffold_compose,
+            scaffold_check_name=scaffold_check_name,
+            scaffold_check_ints=scaffold_check_ints,
+            scaffold_check_spec=scaffold_check_spec,
+            scaffold_package_name=package_name,
+            scaffold_table=format_table,
+        )
+        environment.filters["black"] = black_format
+        environment.filters["shape"] = fmt_shape

@@ -1,0 +1,217 @@
+"""Render: a validated plan becomes a project, through the Copier template.
+
+Why a template repository: ``copier update`` needs the template to be a git
+repository with version tags, reachable at an absolute path recorded in the
+project's ``.copier-answers.yml``. A directory inside the installed package is
+neither. So scaffold keeps a small git repository per user (by default
+``~/.local/share/scaffold/template``; ``SCAFFOLD_HOME`` moves it) and, before
+any render, commits the template shipped with the installed scaffold into it
+and tags that content ``v<version>`` (``v<version>.postN`` if the same version
+shipped different content, as in a development checkout). Upgrading scaffold
+therefore adds a newer tag, and ``copier update`` in a project moves to it
+with its three-way merge.
+
+Generation is all or nothing: the project is rendered into a temporary
+sibling directory, committed, and only then renamed into place. Any failure,
+Ctrl-C included, removes the temporary directory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+from scaffold import __version__
+from scaffold.errors import GenerateError, ScaffoldError, SpecError
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "scaffold",
+    "GIT_AUTHOR_EMAIL": "scaffold@localhost",
+    "GIT_COMMITTER_NAME": "scaffold",
+    "GIT_COMMITTER_EMAIL": "scaffold@localhost",
+}
+
+
+def template_source() -> Path:
+    """The template shipped with this scaffold: in the wheel, or in the source tree."""
+    for candidate in (PACKAGE_DIR / "template", PACKAGE_DIR.parent / "templates"):
+        if (candidate / "copier.yml").is_file():
+            return candidate
+    raise GenerateError(f"the project template is missing from the installation ({PACKAGE_DIR})")
+
+
+def scaffold_home() -> Path:
+    if os.environ.get("SCAFFOLD_HOME"):
+        return Path(os.environ["SCAFFOLD_HOME"]).expanduser().resolve()
+    data = os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share"
+    return (Path(data) / "scaffold").resolve()
+
+
+def _git(repo: Path, *args: str, env: dict[str, str] | None = None) -> str:
+    if shutil.which("git") is None:
+        raise GenerateError("git is not installed; scaffold needs it to create projects and to update them")
+    result = subprocess.run(
+        ["git", *args],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **GIT_ENV, **(env or {})},
+    )
+    if result.returncode != 0:
+        raise GenerateError(f"git {' '.join(args)} failed in {repo}: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def sync_template_repo(source: Path | None = None, version: str = __version__, repo: Path | None = None) -> tuple[Path, str]:
+    """Make sure the template repository holds ``source`` at a tag; return (repo, tag).
+
+    The same content always maps to the same tag, so calling this before every
+    render is cheap and idempotent.
+    """
+    source = source or template_source()
+    repo = repo or scaffold_home() / "template"
+    with _locked(repo.parent / ".template.lock"):
+        if not (repo / ".git").is_dir():
+            repo.mkdir(parents=True, exist_ok=True)
+            _git(repo, "init", "-q", "-b", "main")
+        for child in repo.iterdir():
+            if child.name != ".git":
+                shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        shutil.copytree(source, repo, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        _git(repo, "add", "-A")
+        tree = _git(repo, "write-tree")
+        tags = _git(repo, "tag", "--list", "v*").split()
+        for tag in tags:
+            if _git(repo, "rev-parse", f"{tag}^{{tree}}") == tree:
+                _git(repo, "reset", "-q", "--hard", tag)  # a clean work tree at that content
+                return repo, tag
+        tag = f"v{version}"
+        if tag in tags:
+            posts = [int(m.group(1)) for t in tags if (m := re.fullmatch(rf"v{re.escape(version)}\.post(\d+)", t))]
+            tag = f"v{version}.post{max(posts, default=0) + 1}"
+        _git(repo, "commit", "-q", "--allow-empty", "-m", f"scaffold template {tag}")
+        _git(repo, "tag", tag)
+        return repo, tag
+
+
+def check_target(dest: Path) -> None:
+    """Refuse to touch an existing file or non-empty directory."""
+    if dest.is_symlink() or (dest.exists() and not dest.is_dir()):
+        raise GenerateError(f"{dest} already exists and is not a directory; choose another name")
+    if dest.is_dir() and any(dest.iterdir()):
+        raise GenerateError(f"{dest} already exists and is not empty; scaffold never overwrites a directory")
+
+
+def new_project(
+    dest: Path,
+    data: dict[str, Any],
+    *,
+    interactive: bool = False,
+    quiet: bool = True,
+    git_init: bool = True,
+) -> Path:
+    """Render the template into ``dest`` atomically and make it a git repository.
+
+    ``data`` are Copier answers (``project_name``, and ``from_spec``/``spec``
+    for a spec file). With ``interactive`` Copier asks the remaining questions.
+    """
+    from copier import run_copy  # imported here: it is the slow part of startup
+
+    dest = Path(os.path.abspath(dest))
+    check_target(dest)
+    if not dest.parent.is_dir():
+        raise GenerateError(f"{dest.parent} does not exist; create it first")
+    repo, tag = sync_template_repo()
+    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".scaffold-tmp", dir=dest.parent))
+    try:
+        run_copy(
+            str(repo),
+            str(staging),
+            data=data,
+            vcs_ref=tag,
+            defaults=not interactive,
+            unsafe=True,
+            quiet=quiet,
+            overwrite=True,
+        )
+        if git_init:
+            _git(staging, "init", "-q", "-b", "main")
+            _git(staging, "add", "-A")
+            _git(staging, "commit", "-q", "-m", f"Generate project with scaffold {__version__} ({tag})")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(staging, 0o777 & ~umask)  # mkdtemp made it private
+        check_target(dest)  # still free?
+        if dest.is_dir():
+            dest.rmdir()  # empty; rename() then takes its place
+        os.rename(staging, dest)
+    except BaseException as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(exc, ScaffoldError) or not isinstance(exc, Exception):
+            raise
+        raise _explain(exc) from exc
+    return dest
+
+
+def update_project(project: Path, data: dict[str, Any] | None = None, *, quiet: bool = True) -> str:
+    """Run ``copier update`` on a generated project with the newest template; returns the tag."""
+    from copier import run_update
+
+    project = project.resolve()
+    if not (project / ".copier-answers.yml").is_file():
+        raise GenerateError(f"{project} has no .copier-answers.yml; is it a project made by scaffold?")
+    status = _git(project, "status", "--porcelain")
+    if status:
+        raise GenerateError(f"{project} has uncommitted changes; commit or stash them before updating")
+    _, tag = sync_template_repo()
+    try:
+        run_update(
+            str(project),
+            data=data or {},
+            defaults=True,
+            overwrite=True,
+            unsafe=True,
+            quiet=quiet,
+            conflict="inline",
+            skip_answered=True,
+        )
+    except ScaffoldError:
+        raise
+    except Exception as exc:
+        raise _explain(exc) from exc
+    return tag
+
+
+def _explain(exc: BaseException) -> ScaffoldError:
+    """Turn an exception from Copier or Jinja into a message for people."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, SpecError):
+            return cause
+        cause = cause.__cause__ or cause.__context__
+    name = type(exc).__name__
+    text = str(exc).strip().splitlines()[0] if str(exc).strip() else name
+    if "Interactive" in name or "EOF" in name:
+        return GenerateError(
+            "no terminal to ask questions on; pass --spec FILE, or --defaults to take every default"
+        )
+    return GenerateError(f"generation failed ({name}): {text}")
