@@ -116,19 +116,17 @@ def update(
         project = path.resolve()
         data: dict = {}
         if spec is not None:
-            from scaffold.builders import plan_from_raw
             from scaffold.spec import load_spec_file
 
-            name = project.name
-            raw = {**load_spec_file(spec), "project": name}
-            plan = plan_from_raw(raw, name)  # refuse an invalid spec before anything changes
-            for warning in plan.warnings:
-                typer.echo(warning.render(), err=True)
-            data.update(from_spec=True, spec=raw)
-        tag = update_project(project, data)
+            data.update(from_spec=True, spec=load_spec_file(spec))
+        tag, conflicts = update_project(project, data)
     except ScaffoldError as error:
         raise _fail(error) from None
-    typer.echo(f"updated {project} to template {tag}; review with `git diff`, resolve any conflict markers")
+    typer.echo(f"updated {project} to template {tag}; review the changes with `git diff`")
+    if conflicts:
+        typer.echo("conflicts (both you and the template changed the same lines; resolve the markers):", err=True)
+        for name in conflicts:
+            typer.echo(f"  {name}", err=True)
 
 
 @app.command()

@@ -134,7 +134,7 @@ def new_project(
     ``data`` are Copier answers (``project_name``, and ``from_spec``/``spec``
     for a spec file). With ``interactive`` Copier asks the remaining questions.
     """
-    from copier import run_copy  # imported here: it is the slow part of startup
+    from copier import Settings, run_copy  # imported here: it is the slow part of startup
 
     dest = Path(os.path.abspath(dest))
     check_target(dest)
@@ -152,6 +152,7 @@ def new_project(
             unsafe=True,
             quiet=quiet,
             overwrite=True,
+            settings=Settings(),  # the template's defaults, not the user's copier settings
         )
         if git_init:
             _git(staging, "init", "-q", "-b", "main")
@@ -172,33 +173,72 @@ def new_project(
     return dest
 
 
-def update_project(project: Path, data: dict[str, Any] | None = None, *, quiet: bool = True) -> str:
-    """Run ``copier update`` on a generated project with the newest template; returns the tag."""
-    from copier import run_update
+def read_answers(project: Path) -> dict[str, Any]:
+    """The project's stored Copier answers."""
+    import yaml
+
+    path = project / ".copier-answers.yml"
+    if not path.is_file():
+        raise GenerateError(f"{project} has no .copier-answers.yml; is it a project made by scaffold?")
+    answers = yaml.safe_load(path.read_text(encoding="utf-8"))
+    if not isinstance(answers, dict):
+        raise GenerateError(f"{path} is not a mapping of answers; restore it from git")
+    return answers
+
+
+def update_project(project: Path, data: dict[str, Any] | None = None, *, quiet: bool = True) -> tuple[str, list[str]]:
+    """Run ``copier update`` on a generated project with the newest template.
+
+    The spec (the stored one, or a new one in ``data``) is validated with the
+    engine before anything changes. Returns the template tag and the files
+    left with conflict markers.
+    """
+    from copier import Settings, run_update
+
+    from scaffold.builders import plan_from_raw
 
     project = project.resolve()
-    if not (project / ".copier-answers.yml").is_file():
-        raise GenerateError(f"{project} has no .copier-answers.yml; is it a project made by scaffold?")
-    status = _git(project, "status", "--porcelain")
-    if status:
+    answers = read_answers(project)
+    data = dict(data or {})
+    if "spec" not in data and answers.get("from_spec"):
+        # Pass the stored spec back explicitly: Copier would silently replace a stored
+        # answer that the new template rejects with a default; this way it is checked.
+        data["spec"] = answers.get("spec")
+    if "spec" in data:
+        name = answers.get("project_name")
+        data["spec"] = {**data["spec"], "project": name} if isinstance(data["spec"], dict) else data["spec"]
+        plan_from_raw(data["spec"], name)  # refuse an invalid spec before anything changes
+    if _git(project, "status", "--porcelain"):
         raise GenerateError(f"{project} has uncommitted changes; commit or stash them before updating")
-    _, tag = sync_template_repo()
+    # Publish the installed template into the repository this project came from
+    # (its _src_path), so that its old version and the new one sit side by side.
+    recorded = Path(str(answers.get("_src_path", "")))
+    if not (recorded.is_absolute() and (recorded / ".git").is_dir()):
+        raise GenerateError(
+            f"the template repository recorded in .copier-answers.yml ({recorded}) is missing; "
+            "updates need the version the project was made from. Restore that directory, or "
+            "set _src_path to a copy of it and commit"
+        )
+    _, tag = sync_template_repo(repo=recorded)
     try:
         run_update(
             str(project),
-            data=data or {},
+            data=data,
+            vcs_ref=tag,
             defaults=True,
             overwrite=True,
             unsafe=True,
             quiet=quiet,
             conflict="inline",
             skip_answered=True,
+            settings=Settings(),
         )
     except ScaffoldError:
         raise
     except Exception as exc:
         raise _explain(exc) from exc
-    return tag
+    conflicts = _git(project, "diff", "--name-only", "--diff-filter=U").split()
+    return tag, conflicts
 
 
 def _explain(exc: BaseException) -> ScaffoldError:
