@@ -28,7 +28,7 @@ from scaffold.layers import fmt_shape
 from scaffold.plan import format_table
 from scaffold.spec import MAX_SIZE, check_project_name, package_name
 
-LINE_LENGTH = 88
+LINE_LENGTH = 100  # also written to the generated pyproject.toml ([tool.black])
 
 
 def black_format(source: str) -> str:

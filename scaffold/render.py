@@ -81,13 +81,16 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def sync_template_repo(source: Path | None = None, version: str = __version__, repo: Path | None = None) -> tuple[Path, str]:
+def sync_template_repo(
+    source: Path | None = None, version: str | None = None, repo: Path | None = None
+) -> tuple[Path, str]:
     """Make sure the template repository holds ``source`` at a tag; return (repo, tag).
 
     The same content always maps to the same tag, so calling this before every
     render is cheap and idempotent.
     """
     source = source or template_source()
+    version = version or __version__
     repo = repo or scaffold_home() / "template"
     with _locked(repo.parent / ".template.lock"):
         if not (repo / ".git").is_dir():
