@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from scaffold import layers as L
-from scaffold.errors import SpecError, SpecWarning
+from scaffold.errors import SpecError, SpecWarning, did_you_mean
 from scaffold.layers import Layer, Shape, fmt_dims
 from scaffold.plan import Block, Item, Part, Plan
 from scaffold.spec import ConvSpec, LinearSpec, Spec, check_project_name, load_spec_file, parse_spec
@@ -265,6 +265,7 @@ class Builder:
             latent=self.model.latent,
             output_activation=self.model.output_activation,
         )
+        self._check_parts(plan)
         if train.batch_size == 1 and any(op.startswith("BatchNorm") for op in plan.layer_ops()):
             self.warn("train.batch_size", "BatchNorm cannot train on batches of one sample; use batch_size >= 2")
         if plan.params > LARGE_MODEL:
@@ -274,6 +275,24 @@ class Builder:
                 "the generated tests build this model, so expect them to be slow",
             )
         return replace(plan, warnings=tuple(self.warnings))
+
+    def _check_parts(self, plan: Plan) -> None:
+        """`param_groups` and `freeze` must name parts that have parameters."""
+        trainable = [part.name for part in plan.parts if part.params]
+        named = [(f"train.param_groups.{name}", name) for name, _ in plan.train.param_groups]
+        named += [(f"train.freeze[{i}]", name) for i, name in enumerate(plan.train.freeze)]
+        for where, name in named:
+            if name not in trainable:
+                raise SpecError(
+                    where,
+                    f"`{name}` is not a part of this {plan.kind} with parameters{did_you_mean(name, trainable)}",
+                    f"use one of: {', '.join(trainable)}",
+                )
+        if plan.train.freeze and set(plan.train.freeze) >= set(trainable):
+            raise SpecError("train.freeze", "freezes every part, so nothing would train", f"leave at least one of {', '.join(trainable)} out")
+        frozen_groups = sorted({name for name, _ in plan.train.param_groups} & set(plan.train.freeze))
+        if frozen_groups:
+            self.warn("train.param_groups", f"{', '.join(frozen_groups)} frozen, so the learning rate given for it is unused")
 
     def build(self) -> Plan:  # pragma: no cover - abstract
         raise NotImplementedError

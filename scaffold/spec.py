@@ -77,7 +77,18 @@ MODEL_KEYS = (
     "decoder",
     "output_activation",
 )
-TRAIN_KEYS = ("task", "epochs", "batch_size", "optimizer", "scheduler", "beta", "seed")
+TRAIN_KEYS = (
+    "task",
+    "epochs",
+    "batch_size",
+    "optimizer",
+    "scheduler",
+    "beta",
+    "seed",
+    "param_groups",
+    "freeze",
+)
+PART_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,39}")
 OPTIMIZER_KEYS = ("name", "lr", "weight_decay", "momentum")
 POOL_KEYS = ("kind", "kernel", "stride", "padding")
 TOP_KEYS = ("project", "model", "train")
@@ -148,6 +159,8 @@ class TrainSpec:
     scheduler: str = "cosine"
     beta: float = 1.0
     seed: int = 0
+    param_groups: tuple[tuple[str, float], ...] = ()  # (part name, learning rate)
+    freeze: tuple[str, ...] = ()  # part names whose parameters do not train
 
 
 @dataclass(frozen=True)
@@ -534,6 +547,20 @@ def parse_train(raw: Any, kind: str) -> TrainSpec:
         raise SpecError("train.beta", "`beta` weighs the KL term of a VAE", "remove `beta:`")
     if kind == "autoencoder" and "beta" in t:
         raise SpecError("train.beta", "`beta` weighs the KL term of a VAE, and this is a plain autoencoder", "remove `beta:`, or use `kind: vae`")
+    groups_raw = as_mapping(t.get("param_groups") or {}, "train.param_groups", "`param_groups: {features: {lr: 0.0001}}`")
+    param_groups = []
+    for name, group in groups_raw.items():
+        where = f"train.param_groups.{name}"
+        part = _part_name(name, "train.param_groups")
+        group = as_mapping(group, where, "`{lr: 0.0001}`")
+        check_keys(group, ("lr",), where, "a parameter group")
+        if "lr" not in group:
+            raise SpecError(where, "missing key `lr`", f"e.g. `{part}: {{lr: 0.0001}}`")
+        param_groups.append((part, as_float(group["lr"], f"{where}.lr", 1e-12, 10.0)))
+    freeze_raw = t.get("freeze") or []
+    if not isinstance(freeze_raw, list):
+        raise SpecError("train.freeze", f"expected a list of part names, got {_type_name(freeze_raw)}", "e.g. `freeze: [features]`")
+    freeze = tuple(_part_name(name, f"train.freeze[{i}]") for i, name in enumerate(freeze_raw))
     return TrainSpec(
         task=task,
         epochs=as_int(t.get("epochs", 10), "train.epochs", 1, MAX_EPOCHS),
@@ -545,7 +572,16 @@ def parse_train(raw: Any, kind: str) -> TrainSpec:
         scheduler=as_choice(scheduler, "train.scheduler", SCHEDULERS),
         beta=as_float(t.get("beta", 1.0), "train.beta", 0.0, 1000.0),
         seed=as_int(t.get("seed", 0), "train.seed", 0, 2**31 - 1),
+        param_groups=tuple(param_groups),
+        freeze=freeze,
     )
+
+
+def _part_name(name: Any, where: str) -> str:
+    """A name of a model part (checked against the plan by the builder)."""
+    if not isinstance(name, str) or not PART_NAME_RE.fullmatch(name):
+        raise SpecError(where, f"{_type_name(name)} is not a part name", "use a part name from `scaffold show`, e.g. `features`")
+    return name
 
 
 def parse_spec(raw: Any) -> Spec:

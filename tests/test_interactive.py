@@ -61,10 +61,11 @@ def test_a_rejected_answer_is_asked_again(tmp_path, env):
         env={**env, "PROMPT_TOOLKIT_NO_CPR": "1"},
         encoding="utf-8",
         timeout=60,
+        dimensions=(40, 200),
     )
     answer(child, "What kind of model", ENTER)
     answer(child, "Input shape", CLEAR + "1, 28, abc" + ENTER)
-    child.expect("positive whole numbers")  # the validator's message, shown at the prompt
+    child.expect("positive whole")  # the validator's message, shown at the prompt
     child.sendcontrol("c")
     child.expect(pexpect.EOF)
     child.close()
