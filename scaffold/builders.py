@@ -73,15 +73,27 @@ class Builder:
                     "kernels or strides, pooling removed, or more padding",
                     self._trail_lines() + [f"arithmetic: {L.conv_arithmetic(n, k, s, p, d)}"],
                 )
-        layers = [L.conv(self.ndim, in_shape, c.channels, c.kernel, c.stride, c.padding, c.dilation, c.bias)]
-        shape = layers[0].out_shape
+        first = L.conv(self.ndim, in_shape, c.channels, c.kernel, c.stride, c.padding, c.dilation, c.bias)
+        shape = first.out_shape
         pre_pool = shape
-        if c.norm != "none":
-            layers.append(L.norm(c.norm, shape))
-        if c.activation != "none":
-            layers.append(L.activation(c.activation, shape))
+        if c.residual:
+            layers = self._residual_conv_layers(c, in_shape, first)
+        else:
+            layers = [first]
+            if c.norm != "none":
+                layers.append(L.norm(c.norm, shape))
+            if c.activation != "none":
+                layers.append(L.activation(c.activation, shape))
         if c.pool is not None:
             for n, k, s, p in zip(shape[1:], c.pool.kernel, c.pool.stride, c.pool.padding):
+                if c.pool.kind == "avg" and self.ndim == 3 and n < k:  # torch's AvgPool3d ignores padding here
+                    raise SpecError(
+                        f"{c.where}.pool",
+                        f"after the conv the volume is {fmt_dims(shape[1:])}; AvgPool3d needs every side "
+                        f"at least its kernel {k} before padding",
+                        "use a smaller pool, max pooling, or remove the pool from this block",
+                        self._trail_lines() + [f"conv: {fmt_dims(in_shape)} -> {fmt_dims(shape)}"],
+                    )
                 if n + 2 * p < k:
                     raise SpecError(
                         f"{c.where}.pool",
@@ -96,9 +108,26 @@ class Builder:
             layers.append(L.dropout(c.dropout, shape))
         if c.activation in NORMALIZING and shape[0] == 1:
             self.warn(c.where, f"{c.activation} over a single channel always outputs {'1' if c.activation == 'softmax' else '0'}")
-        block = Block("ConvBlock", c.where, in_shape, tuple(layers))
+        block = Block("ResidualConvBlock" if c.residual else "ConvBlock", c.where, in_shape, tuple(layers))
         self.trail.append(f"{c.where} -> {fmt_dims(block.out_shape)}")
         return block, pre_pool
+
+    def _residual_conv_layers(self, c: ConvSpec, in_shape: Shape, first: Layer) -> list[Layer]:
+        """conv1 -> norm1 -> act -> conv2 -> norm2, plus a shortcut: torchvision's BasicBlock."""
+        shape = first.out_shape
+        ones = (1,) * self.ndim
+        layers = [replace(first, role="conv1")]
+        if c.norm != "none":
+            layers.append(replace(L.norm(c.norm, shape), role="norm1"))
+        if c.activation != "none":
+            layers.append(L.activation(c.activation, shape))
+        conv2 = L.conv(self.ndim, shape, c.channels, c.kernel, ones, c.padding, c.dilation, c.bias)
+        layers.append(replace(conv2, role="conv2"))
+        if c.norm != "none":
+            layers.append(replace(L.norm(c.norm, shape), role="norm2"))
+        if shape != in_shape:  # channels or size change: project the identity
+            layers.append(L.conv_shortcut(self.ndim, in_shape, shape, c.stride, c.norm != "none"))
+        return layers
 
     def linear_block(self, b: LinearSpec, in_shape: Shape, source: str) -> Block:
         """Linear -> norm -> activation -> dropout."""
@@ -109,14 +138,7 @@ class Builder:
                 f"set `in_features: {in_shape[0]}`, or remove `in_features` (it is inferred)",
                 self._trail_lines(),
             )
-        shape: Shape = (b.features,)
-        layers = [L.linear(in_shape[0], b.features, b.bias)]
-        if b.norm != "none":
-            layers.append(L.norm(b.norm, shape))
-        if b.activation != "none":
-            layers.append(L.activation(b.activation, shape))
-        if b.dropout:
-            layers.append(L.dropout(b.dropout, shape))
+        layers = self._linear_layers(in_shape, b.features, b, b.norm, b.activation, b.dropout)
         if b.activation in NORMALIZING and b.features == 1:
             self.warn(
                 b.where,
@@ -124,7 +146,39 @@ class Builder:
                 "for one binary output use `activation: sigmoid` (or none, with BCEWithLogitsLoss)",
             )
         self.trail.append(f"{b.where} -> {b.features}")
-        return Block("LinearBlock", b.where, in_shape, tuple(layers))
+        return Block(_linear_class(b), b.where, in_shape, tuple(layers))
+
+    def _linear_layers(
+        self, in_shape: Shape, features: int, b: LinearSpec, norm: str, act: str, drop: float
+    ) -> list[Layer]:
+        """The layers of a plain, gated or residual linear block, in forward order."""
+        shape: Shape = (features,)
+        if b.residual:
+            layers = [replace(L.linear(in_shape[0], features, b.bias), role="fc1")]
+            if norm != "none":
+                layers.append(replace(L.norm(norm, shape), role="norm1"))
+            if act != "none":
+                layers.append(L.activation(act, shape))
+            layers.append(replace(L.linear(features, features, b.bias), role="fc2"))
+            if norm != "none":
+                layers.append(replace(L.norm(norm, shape), role="norm2"))
+            if b.scale:
+                layers.append(L.scale(shape))
+            if in_shape != shape:
+                layers.append(L.linear_shortcut(in_shape[0], features))
+        else:
+            layers = [L.linear(in_shape[0], features, b.bias)]
+            if b.gate:
+                layers.append(replace(L.linear(features, features, True), role="gate"))
+            if norm != "none":
+                layers.append(L.norm(norm, shape))
+            if b.scale:
+                layers.append(L.scale(shape))
+            if act != "none":
+                layers.append(L.activation(act, shape))
+        if drop:
+            layers.append(L.dropout(drop, shape))
+        return layers
 
     # ------------------------------------------------------------------ stacks
 
@@ -191,58 +245,73 @@ class Builder:
         for j in range(n):
             i = n - 1 - j
             spec, block = enc.specs[i], enc.blocks[i]
-            last = i == 0
-            source = None if last else enc.specs[i - 1]
-            norm = "none" if source is None else source.norm
-            act = self.model.output_activation if source is None else source.activation
-            drop = 0.0 if source is None else source.dropout
-            where = f"decoder[{j}]"
-            target = block.in_shape
-            if isinstance(spec, LinearSpec):
-                layers: list[Layer] = [L.linear(shape[0], target[0], spec.bias)]
-                cls = "LinearBlock"
+            source = enc.specs[i - 1] if i > 0 else None
+            if source is None:  # the output layer
+                style = ("none", self.model.output_activation, 0.0)
             else:
-                if shape != block.out_shape:  # leaving the linear part: restore the conv map
-                    unflat = L.unflatten(block.out_shape)
-                    items.append(unflat)
-                    shape = unflat.out_shape
-                layers = []
-                pre_pool = enc.pre_pool[i]
-                if spec.pool is not None:
-                    layers.append(L.upsample(shape, pre_pool[1:]))
-                    shape = pre_pool
-                padding_out = tuple(
-                    want - L.conv_transpose_out(have, k, s, p, d, 0)
-                    for want, have, k, s, p, d in zip(
-                        target[1:], shape[1:], spec.kernel, spec.stride, spec.padding, spec.dilation
-                    )
-                )
-                for op, s, d in zip(padding_out, spec.stride, spec.dilation):
-                    if not (0 <= op and (op < s or op < d)):  # cannot happen for a valid encoder
-                        raise AssertionError(f"{where}: output_padding {op} out of range for stride {s}")
-                layers.append(
-                    L.conv_transpose(
-                        self.ndim, shape, target[0], spec.kernel, spec.stride, spec.padding,
-                        spec.dilation, padding_out, spec.bias,
-                    )
-                )
-                cls = "UpBlock"
-            out = layers[-1].out_shape
-            if norm != "none":
-                layers.append(L.norm(norm, out))
-            if act != "none":
-                layers.append(L.activation(act, out))
-            if drop:
-                layers.append(L.dropout(drop, out))
-            items.append(Block(cls, where, shape, tuple(layers), note=f"mirrors {spec.where}"))
-            shape = out
-            if isinstance(spec, LinearSpec) and i == 0 and enc.flat_from is not None and not self.model.conv:
-                unflat = L.unflatten(enc.flat_from)  # mlp-only encoder of a multi-dimensional input
-                items.append(unflat)
-                shape = unflat.out_shape
+                style = (source.norm, source.activation, source.dropout)
+            where, note = f"decoder[{j}]", f"mirrors {spec.where}"
+            if isinstance(spec, LinearSpec):
+                mirrored = spec if source is not None else replace(spec, residual=False, gate=False)
+                layers = self._linear_layers(shape, block.in_shape[0], mirrored, *style)
+                items.append(Block(_linear_class(mirrored), where, shape, tuple(layers), note=note))
+                shape = block.in_shape
+                if i == 0 and enc.flat_from is not None and not self.model.conv:
+                    items.append(L.unflatten(enc.flat_from))  # mlp-only encoder of a multi-dimensional input
+                    shape = enc.flat_from
+                continue
+            if shape != block.out_shape:  # leaving the linear part: restore the conv map
+                items.append(L.unflatten(block.out_shape))
+                shape = block.out_shape
+            cls, layers = self._mirror_conv(spec, shape, block.in_shape, enc.pre_pool[i], residual=spec.residual and source is not None, style=style)
+            items.append(Block(cls, where, shape, tuple(layers), note=note))
+            shape = layers[-1].out_shape
         if shape != self.model.input:  # the transposition is exact by construction
             raise AssertionError(f"decoder output {shape} != input {self.model.input}")
         return items
+
+    def _mirror_conv(
+        self, spec: ConvSpec, shape: Shape, target: Shape, pre_pool: Shape, residual: bool,
+        style: tuple[str, str, float],
+    ) -> tuple[str, list[Layer]]:
+        """Invert one conv block: [Upsample], ConvTranspose landing exactly on `target`, then style."""
+        norm, act, drop = style
+        layers: list[Layer] = []
+        if spec.pool is not None:
+            layers.append(L.upsample(shape, pre_pool[1:]))
+            shape = pre_pool
+        padding_out = tuple(
+            want - L.conv_transpose_out(have, k, s, p, d, 0)
+            for want, have, k, s, p, d in zip(target[1:], shape[1:], spec.kernel, spec.stride, spec.padding, spec.dilation)
+        )
+        for op, s, d in zip(padding_out, spec.stride, spec.dilation):
+            if not (0 <= op and (op < s or op < d)):  # cannot happen for a valid encoder
+                raise AssertionError(f"output_padding {op} out of range for stride {s}")
+        up_conv = L.conv_transpose(
+            self.ndim, shape, target[0], spec.kernel, spec.stride, spec.padding, spec.dilation, padding_out, spec.bias
+        )
+        if residual:  # the transposed BasicBlock: ConvTranspose, norm, act, Conv, norm, + shortcut
+            layers.append(replace(up_conv, role="conv1"))
+            if norm != "none":
+                layers.append(replace(L.norm(norm, target), role="norm1"))
+            if act != "none":
+                layers.append(L.activation(act, target))
+            ones = (1,) * self.ndim
+            conv2 = L.conv(self.ndim, target, target[0], spec.kernel, ones, spec.padding, spec.dilation, spec.bias)
+            layers.append(replace(conv2, role="conv2"))
+            if norm != "none":
+                layers.append(replace(L.norm(norm, target), role="norm2"))
+            if shape != target:
+                layers.append(L.conv_transpose_shortcut(self.ndim, shape, target, spec.stride, norm != "none"))
+        else:
+            layers.append(up_conv)
+            if norm != "none":
+                layers.append(L.norm(norm, target))
+            if act != "none":
+                layers.append(L.activation(act, target))
+        if drop:
+            layers.append(L.dropout(drop, target))
+        return ("ResidualUpBlock" if residual else "UpBlock"), layers
 
     # ------------------------------------------------------------------ plan
 
@@ -304,8 +373,8 @@ class HeadBuilder(Builder):
     def build(self) -> Plan:
         enc = self.encoder()
         parts: list[Part] = []
-        convs = [item for item in enc.items if isinstance(item, Block) and item.cls == "ConvBlock"]
-        linears = [item for item in enc.items if isinstance(item, Block) and item.cls == "LinearBlock"]
+        convs = [block for spec, block in zip(enc.specs, enc.blocks) if isinstance(spec, ConvSpec)]
+        linears = [block for spec, block in zip(enc.specs, enc.blocks) if isinstance(spec, LinearSpec)]
         if convs:
             parts.append(Part("features", "Convolutional feature extractor.", self.model.input, tuple(convs)))
         if enc.flat_from is not None:
@@ -315,6 +384,12 @@ class HeadBuilder(Builder):
         parts.append(Part("head", head_doc, linears[0].in_shape, tuple(linears)))
         out = linears[-1]
         spec_out = self.model.mlp[-1]
+        if spec_out.residual or spec_out.gate:
+            raise SpecError(
+                spec_out.where,
+                "the output layer cannot be residual or gated: it maps features to the outputs",
+                "add a plain block at the end, e.g. `{features: 10}`",
+            )
         if self.spec.train.task == "classification":
             if out.out_shape[0] < 2:
                 raise SpecError(
@@ -390,6 +465,10 @@ class VAEBuilder(AutoencoderBuilder):
             Part("decoder", "Decoder: the encoder transposed, back to the input shape.", (flat,), tuple(decoder)),
         ]
         return self.plan(parts, decoder[-1].out_shape)
+
+
+def _linear_class(b: LinearSpec) -> str:
+    return "ResidualLinearBlock" if b.residual else "GatedLinearBlock" if b.gate else "LinearBlock"
 
 
 BUILDERS: dict[str, type[Builder]] = {

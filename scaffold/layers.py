@@ -184,3 +184,38 @@ def flatten(in_shape: Shape) -> Layer:
 
 def unflatten(shape: Shape) -> Layer:
     return Layer("unflatten", "Unflatten", f"nn.Unflatten(1, ({', '.join(map(str, shape))}))", shape)
+
+
+def scale(shape: Shape) -> Layer:
+    """A learnable per-feature scale (an nn.Parameter of ones), defined in the generated model."""
+    return Layer("scale", "Scale", f"Scale({shape[0]})", shape, shape[0])
+
+
+def linear_shortcut(in_features: int, out_features: int) -> Layer:
+    """Projection for a residual linear block whose width changes."""
+    return Layer(
+        "shortcut", "Linear", f"nn.Linear({in_features}, {out_features}, bias=False)", (out_features,),
+        in_features * out_features,
+    )
+
+
+def conv_shortcut(ndim: int, in_shape: Shape, out_shape: Shape, stride: tuple[int, ...], with_norm: bool) -> Layer:
+    """1x1 projection (torchvision's downsample) for a residual conv block that changes shape."""
+    conv_layer = conv(ndim, in_shape, out_shape[0], (1,) * ndim, stride, (0,) * ndim, (1,) * ndim, bias=not with_norm)
+    assert conv_layer.out_shape == out_shape, (conv_layer.out_shape, out_shape)
+    return _sequential_shortcut(conv_layer, out_shape, with_norm)
+
+
+def conv_transpose_shortcut(ndim: int, in_shape: Shape, out_shape: Shape, stride: tuple[int, ...], with_norm: bool) -> Layer:
+    """1x1 transposed projection for a mirrored residual block, landing on out_shape exactly."""
+    output_padding = tuple(want - conv_transpose_out(have, 1, s, 0, 1, 0) for want, have, s in zip(out_shape[1:], in_shape[1:], stride))
+    layer = conv_transpose(ndim, in_shape, out_shape[0], (1,) * ndim, stride, (0,) * ndim, (1,) * ndim, output_padding, bias=not with_norm)
+    assert layer.out_shape == out_shape, (layer.out_shape, out_shape)
+    return _sequential_shortcut(layer, out_shape, with_norm)
+
+
+def _sequential_shortcut(layer: Layer, out_shape: Shape, with_norm: bool) -> Layer:
+    if not with_norm:
+        return Layer("shortcut", layer.op, layer.code, out_shape, layer.params)
+    bn = norm("batch", out_shape)
+    return Layer("shortcut", "Sequential", f"nn.Sequential({layer.code}, {bn.code})", out_shape, layer.params + bn.params)

@@ -16,7 +16,15 @@ from scaffold.layers import Layer, Shape, fmt_dims, fmt_shape
 from scaffold.spec import TrainSpec
 
 # Block classes the generated model.py defines (see the template).
-BLOCK_CLASSES = ("LinearBlock", "ConvBlock", "UpBlock")
+BLOCK_CLASSES = (
+    "LinearBlock",
+    "GatedLinearBlock",
+    "ResidualLinearBlock",
+    "ConvBlock",
+    "ResidualConvBlock",
+    "UpBlock",
+    "ResidualUpBlock",
+)
 
 
 @dataclass(frozen=True)
@@ -78,7 +86,7 @@ class Plan:
     def class_name(self) -> str:
         """CamelCase model class name from the project name (conv-vae -> ConvVae)."""
         name = "".join(word.capitalize() for word in self.project.replace("-", "_").split("_"))
-        return name + "Model" if name in BLOCK_CLASSES else name
+        return name + "Model" if name in BLOCK_CLASSES + ("Scale",) else name
 
     @property
     def ndim(self) -> int:
@@ -128,7 +136,11 @@ class Plan:
                 continue
             for i, item in enumerate(part.items):
                 if isinstance(item, Block):
-                    rows += [(f"{part.name}.{i}.{layer.role}", layer.out_shape) for layer in item.layers]
+                    for layer in item.layers:
+                        path = f"{part.name}.{i}.{layer.role}"
+                        rows.append((path, layer.out_shape))
+                        if layer.op == "Sequential":  # a projection shortcut: conv, then norm
+                            rows += [(f"{path}.0", layer.out_shape), (f"{path}.1", layer.out_shape)]
                     rows.append((f"{part.name}.{i}", item.out_shape))
                 else:
                     rows.append((f"{part.name}.{i}", item.out_shape))

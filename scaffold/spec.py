@@ -48,7 +48,17 @@ SCHEDULERS = ("cosine", "none")
 DECODERS = ("mirror",)
 
 # Keys a block may set; `defaults:` may set any key shared by some block kind.
-LINEAR_KEYS = ("features", "in_features", "bias", "norm", "activation", "dropout")
+LINEAR_KEYS = (
+    "features",
+    "in_features",
+    "bias",
+    "norm",
+    "activation",
+    "dropout",
+    "residual",
+    "gate",
+    "scale",
+)
 CONV_KEYS = (
     "channels",
     "in_channels",
@@ -61,11 +71,12 @@ CONV_KEYS = (
     "activation",
     "pool",
     "dropout",
+    "residual",
 )
 DEFAULT_KEYS = tuple(
     k
     for k in dict.fromkeys(CONV_KEYS + LINEAR_KEYS)
-    if k not in ("channels", "in_channels", "features", "in_features")
+    if k not in ("channels", "in_channels", "features", "in_features", "residual", "gate", "scale")
 )
 MODEL_KEYS = (
     "kind",
@@ -123,6 +134,7 @@ class ConvSpec:
     activation: str
     pool: Pool | None
     dropout: float
+    residual: bool = False
 
 
 @dataclass(frozen=True)
@@ -134,6 +146,9 @@ class LinearSpec:
     norm: str
     activation: str
     dropout: float
+    residual: bool = False
+    gate: bool = False
+    scale: bool = False
 
 
 @dataclass(frozen=True)
@@ -412,6 +427,23 @@ def parse_conv(block: Any, where: str, defaults: dict[str, Any], ndim: int) -> C
     b = _merged(block, defaults, CONV_KEYS, where, "a conv block", "`{channels: 16}`")
     if "channels" not in b:
         raise SpecError(where, "missing key `channels`", "every conv block needs `channels:` (its output channels)")
+    residual = as_bool(b.get("residual", False), f"{where}.residual")
+    if residual:
+        # A residual block keeps its size up to the stride: its padding is "same",
+        # whatever `defaults:` say; a padding written on the block itself must agree.
+        kernel = as_tuple(b.get("kernel", 3), f"{where}.kernel", ndim, 1)
+        dilation = as_tuple(b.get("dilation", 1), f"{where}.dilation", ndim, 1)
+        if any(k % 2 == 0 for k in kernel):
+            raise SpecError(f"{where}.kernel", f"a residual block needs an odd kernel, got {list(kernel)}", "use kernel 1, 3, 5 or 7")
+        same = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
+        own = block.get("padding") if isinstance(block, dict) else None
+        if own is not None and as_tuple(own, f"{where}.padding", ndim, 0) != same:
+            raise SpecError(
+                f"{where}.padding",
+                f"a residual block must keep the size of its input (up to the stride), which needs padding {_fmt(same)}",
+                "remove `padding:` from this block (it is set for you) or use that value",
+            )
+        b["padding"] = list(same)
     return ConvSpec(
         where=where,
         channels=as_int(b["channels"], f"{where}.channels"),
@@ -425,6 +457,7 @@ def parse_conv(block: Any, where: str, defaults: dict[str, Any], ndim: int) -> C
         activation=as_choice(b.get("activation", "none"), f"{where}.activation", ACTIVATIONS),
         pool=_pool(b.get("pool"), f"{where}.pool", ndim),
         dropout=as_float(b.get("dropout", 0.0), f"{where}.dropout", 0.0, 1.0, hi_open=True),
+        residual=residual,
     )
 
 
@@ -432,6 +465,10 @@ def parse_linear(block: Any, where: str, defaults: dict[str, Any]) -> LinearSpec
     b = _merged(block, defaults, LINEAR_KEYS, where, "an mlp block", "`{features: 64}`")
     if "features" not in b:
         raise SpecError(where, "missing key `features`", "every mlp block needs `features:` (its output size)")
+    residual = as_bool(b.get("residual", False), f"{where}.residual")
+    gate = as_bool(b.get("gate", False), f"{where}.gate")
+    if residual and gate:
+        raise SpecError(where, "a block is either `residual` or `gate`d, not both", "remove one of the two keys")
     return LinearSpec(
         where=where,
         features=as_int(b["features"], f"{where}.features"),
@@ -440,7 +477,14 @@ def parse_linear(block: Any, where: str, defaults: dict[str, Any]) -> LinearSpec
         norm=as_choice(b.get("norm", "none"), f"{where}.norm", LINEAR_NORMS),
         activation=as_choice(b.get("activation", "none"), f"{where}.activation", ACTIVATIONS),
         dropout=as_float(b.get("dropout", 0.0), f"{where}.dropout", 0.0, 1.0, hi_open=True),
+        residual=residual,
+        gate=gate,
+        scale=as_bool(b.get("scale", False), f"{where}.scale"),
     )
+
+
+def _fmt(values: tuple[int, ...]) -> str:
+    return str(values[0]) if len(set(values)) == 1 else str(list(values))
 
 
 def _block_list(value: Any, where: str, example: str) -> list[Any]:

@@ -11,7 +11,7 @@ from scaffold.builders import plan_from_file, plan_from_raw
 from scaffold.errors import SpecError
 from scaffold.plan import Block, format_table
 
-from conftest import EXAMPLES, torch_check_plan
+from conftest import EXAMPLES, check_rendered_model, torch_check_plan
 
 CONTRACT = {"tabular-mlp", "digits-cnn", "conv-vae", "odd-autoencoder"}
 
@@ -30,6 +30,7 @@ def test_example_plans_match_torch(path):
     assert plan.project == path.stem
     assert not plan.warnings, [w.render() for w in plan.warnings]
     torch_check_plan(plan)
+    check_rendered_model(plan, yaml.safe_load(path.read_text()), path.stem)
 
 
 @pytest.mark.parametrize("name", ["conv-vae", "odd-autoencoder"])
@@ -208,3 +209,66 @@ def test_spec_is_not_mutated():
     before = copy.deepcopy(spec)
     plan_from_raw(spec)
     assert spec == before
+
+
+RESIDUAL_SPECS = {
+    "residual-mlp": {
+        "model": {"kind": "mlp", "input": [12], "defaults": {"norm": "batch", "activation": "relu"},
+                  "mlp": [{"features": 32}, {"features": 32, "residual": True}, {"features": 48, "residual": True, "scale": True},
+                          {"features": 48, "gate": True}, {"features": 3}]}},
+    "residual-conv-ae": {
+        "model": {"kind": "autoencoder", "input": [3, 21, 17],
+                  "defaults": {"kernel": 3, "norm": "batch", "activation": "relu"},
+                  "conv": [{"channels": 8, "residual": True}, {"channels": 16, "stride": 2, "residual": True, "pool": 2},
+                           {"channels": 16, "residual": True, "kernel": 5}], "latent": 6}},
+    "residual-vae-1d": {
+        "model": {"kind": "vae", "input": [2, 45], "defaults": {"activation": "gelu", "norm": "batch"},
+                  "conv": [{"channels": 4, "stride": 2, "residual": True}, {"channels": 8, "stride": 3, "residual": True}],
+                  "mlp": [{"features": 16, "residual": True, "scale": True}, {"features": 8, "gate": True}], "latent": 3,
+                  "output_activation": "sigmoid"}},
+}
+
+
+@pytest.mark.parametrize("name", RESIDUAL_SPECS)
+def test_residual_and_gated_blocks_match_torch_and_mirror(name):
+    spec = RESIDUAL_SPECS[name]
+    plan = plan_from_raw(spec)
+    torch_check_plan(plan)
+    check_rendered_model(plan, spec)
+    assert plan.output_shape == (3,) if plan.kind == "mlp" else plan.output_shape == plan.input_shape
+    classes = plan.block_classes()
+    if plan.kind != "mlp":
+        assert "ResidualUpBlock" in classes  # residual conv blocks are mirrored as residual blocks
+
+
+def test_residual_projection_only_where_shapes_change():
+    plan = plan_from_raw(RESIDUAL_SPECS["residual-conv-ae"])
+    blocks = [b for b in plan.part("encoder").items if isinstance(b, Block)]
+    shortcuts = [[layer.code for layer in b.layers if layer.role == "shortcut"] for b in blocks]
+    assert shortcuts == [
+        ["nn.Sequential(nn.Conv2d(3, 8, kernel_size=1, bias=False), nn.BatchNorm2d(8))"],
+        ["nn.Sequential(nn.Conv2d(8, 16, kernel_size=1, stride=2, bias=False), nn.BatchNorm2d(16))"],
+        [],  # same channels, stride 1: identity
+    ]
+
+
+def test_residual_conv_block_with_wrong_padding_is_rejected():
+    spec = {"model": {"kind": "cnn", "input": [1, 8, 8], "conv": [{"channels": 4, "residual": True, "padding": 0}],
+                      "mlp": [{"features": 2}]}}
+    with pytest.raises(SpecError) as info:
+        plan_from_raw(spec)
+    assert info.value.where == "model.conv[0].padding" and "padding 1" in info.value.render()
+
+
+def test_avg_pool_3d_needs_the_unpadded_volume_to_cover_the_kernel():
+    # found by the property test: torch's AvgPool3d (unlike AvgPool2d or MaxPool3d) rejects
+    # an input smaller than the kernel even when the padding would cover it
+    spec = {"model": {"kind": "cnn", "input": [1, 2, 2, 2],
+                      "conv": [{"channels": 1, "kernel": 4, "padding": 1, "pool": {"kind": "avg", "kernel": 2, "stride": 1, "padding": 1}}],
+                      "mlp": [{"features": 2}]}}
+    with pytest.raises(SpecError) as info:
+        plan_from_raw(spec)
+    assert info.value.where == "model.conv[0].pool"
+    torch = pytest.importorskip("torch")
+    with pytest.raises(RuntimeError):
+        torch.nn.AvgPool3d(2, 1, 1)(torch.empty(1, 1, 1, 1, 1))

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 from scaffold.builders import plan_from_raw
 from scaffold.errors import SpecError
 
-from conftest import torch_check_plan
+from conftest import check_rendered_model, torch_check_plan
 
 torch = pytest.importorskip("torch")
 
@@ -37,6 +37,9 @@ def conv_specs(draw):
             "activation": draw(st.sampled_from(ACTS)),
             "norm": draw(st.sampled_from(["none", "batch"])),
         }
+        if block["kernel"] % 2 and draw(st.integers(0, 3)) == 0:
+            block["residual"] = True  # padding becomes "same"
+            del block["padding"]
         if draw(st.booleans()):
             k = draw(st.integers(1, 3))
             block["pool"] = {"kind": draw(st.sampled_from(["max", "avg"])), "kernel": k,
@@ -64,7 +67,8 @@ def torch_encoder_fails(model) -> bool:
              "avg": [torch.nn.AvgPool1d, torch.nn.AvgPool2d, torch.nn.AvgPool3d]}
     try:
         for b in model["conv"]:
-            layer = conv(x.shape[1], b["channels"], b["kernel"], b["stride"], b["padding"], b["dilation"])
+            padding = b["dilation"] * (b["kernel"] - 1) // 2 if b.get("residual") else b["padding"]
+            layer = conv(x.shape[1], b["channels"], b["kernel"], b["stride"], padding, b["dilation"])
             x = layer.to("meta")(x)
             if "pool" in b:
                 p = b["pool"]
@@ -87,5 +91,6 @@ def test_plan_equals_torch(spec):
         return
     assert not torch_encoder_fails(spec["model"])
     torch_check_plan(plan)
+    check_rendered_model(plan, spec)
     if spec["model"]["kind"] != "cnn":
         assert plan.output_shape == tuple(spec["model"]["input"])
