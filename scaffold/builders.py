@@ -226,7 +226,7 @@ class Builder:
                 "them compute what one layer could; add e.g. `activation: relu`",
             )
 
-    def mirror(self, enc: Encoder, start: Shape) -> list[Item]:
+    def mirror(self, enc: Encoder, start: Shape, name: str = "decoder") -> list[Item]:
         """Transpose the encoder into a decoder that reproduces its input shape exactly.
 
         Blocks come in reverse order. Each inverts the encoder block it mirrors
@@ -250,7 +250,7 @@ class Builder:
                 style = ("none", self.model.output_activation, 0.0)
             else:
                 style = (source.norm, source.activation, source.dropout)
-            where, note = f"decoder[{j}]", f"mirrors {spec.where}"
+            where, note = f"{name}[{j}]", f"mirrors {spec.where}"
             if isinstance(spec, LinearSpec):
                 mirrored = spec if source is not None else replace(spec, residual=False, gate=False)
                 layers = self._linear_layers(shape, block.in_shape[0], mirrored, *style)
@@ -380,6 +380,8 @@ class HeadBuilder(Builder):
         if enc.flat_from is not None:
             parts.append(Part("flatten", "Flatten the feature map into a vector.", enc.flat_from,
                               (L.flatten(enc.flat_from),), sequential=False))
+        if self.model.heads:
+            return self._multitask(parts, enc, linears)
         head_doc = "Classifier head: the last layer outputs one logit per class." if self.spec.train.task == "classification" else "Regression head."
         parts.append(Part("head", head_doc, linears[0].in_shape, tuple(linears)))
         out = linears[-1]
@@ -404,6 +406,20 @@ class HeadBuilder(Builder):
                     "(cross entropy) expects raw logits; use `activation: none`",
                 )
         return self.plan(parts, out.out_shape)
+
+
+    def _multitask(self, parts: list[Part], enc: Encoder, linears: list[Block]) -> Plan:
+        """A shared trunk (the mlp blocks, all hidden) and one Linear head per task, in a ModuleDict."""
+        shared = enc.out_shape if not linears else linears[-1].out_shape
+        if len(shared) > 1:  # no mlp blocks after a conv stack: the flatten part did it
+            shared = (math.prod(shared),)
+        if linears:
+            parts.append(Part("trunk", "Shared trunk: the features every head reads.", linears[0].in_shape, tuple(linears)))
+        heads = [Block("LinearBlock", h.where, shared, (L.linear(shared[0], h.features, True),)) for h in self.model.heads]
+        names = tuple(h.name for h in self.model.heads)
+        parts.append(Part("heads", "One output head per task, by name.", shared, tuple(heads), keys=names))
+        plan = self.plan(parts, heads[0].out_shape)
+        return replace(plan, heads=self.model.heads)
 
 
 class AutoencoderBuilder(Builder):
@@ -471,11 +487,38 @@ def _linear_class(b: LinearSpec) -> str:
     return "ResidualLinearBlock" if b.residual else "GatedLinearBlock" if b.gate else "LinearBlock"
 
 
+class GANBuilder(Builder):
+    """Discriminator from the conv (and mlp) stack, generator from its transposition."""
+
+    def build(self) -> Plan:
+        enc = self.encoder()
+        start = enc.out_shape
+        latent = self.model.latent
+        assert latent is not None
+        flat = math.prod(start)
+        critic = list(enc.items)
+        if len(start) > 1:
+            critic.append(L.flatten(start))
+        critic.append(L.linear(flat, 1, True))  # one real/fake logit
+        generator: list[Item] = [L.linear(latent, flat, True)]
+        if len(start) > 1:
+            generator.append(L.unflatten(start))
+        generator += self.mirror(enc, start, name="generator")
+        parts = [
+            Part("generator", "Generator: latent z -> a sample shaped like the data (the discriminator transposed).",
+                 (latent,), tuple(generator)),
+            Part("discriminator", "Discriminator: a sample -> one logit, real (high) or generated (low).",
+                 self.model.input, tuple(critic)),
+        ]
+        return self.plan(parts, generator[-1].out_shape)
+
+
 BUILDERS: dict[str, type[Builder]] = {
     "mlp": HeadBuilder,
     "cnn": HeadBuilder,
     "autoencoder": AutoencoderBuilder,
     "vae": VAEBuilder,
+    "gan": GANBuilder,
 }
 
 

@@ -13,7 +13,7 @@ from typing import Union
 
 from scaffold.errors import SpecWarning
 from scaffold.layers import Layer, Shape, fmt_dims, fmt_shape
-from scaffold.spec import TrainSpec
+from scaffold.spec import HeadSpec, TrainSpec
 
 # Block classes the generated model.py defines (see the template).
 BLOCK_CLASSES = (
@@ -59,6 +59,11 @@ class Part:
     in_shape: Shape
     items: tuple[Item, ...]
     sequential: bool = True
+    keys: tuple[str, ...] = ()  # names of the items when the part is an nn.ModuleDict
+
+    @property
+    def is_dict(self) -> bool:
+        return bool(self.keys)
 
     @property
     def out_shape(self) -> Shape:
@@ -67,6 +72,11 @@ class Part:
     @property
     def params(self) -> int:
         return sum(item.params for item in self.items)
+
+    def named_items(self) -> list[tuple[str, Item]]:
+        """(name in named_modules() under this part, item): indices, or keys of a ModuleDict."""
+        names = self.keys or [str(i) for i in range(len(self.items))]
+        return list(zip(names, self.items))
 
 
 @dataclass(frozen=True)
@@ -80,6 +90,7 @@ class Plan:
     train: TrainSpec
     latent: int | None = None
     output_activation: str = "none"
+    heads: tuple[HeadSpec, ...] = ()  # multi-task outputs (task "multitask")
     warnings: tuple[SpecWarning, ...] = field(default=())
 
     @property
@@ -134,7 +145,7 @@ class Plan:
             if not part.sequential:
                 rows.append((part.name, part.out_shape))
                 continue
-            for i, item in enumerate(part.items):
+            for i, item in part.named_items():
                 if isinstance(item, Block):
                     for layer in item.layers:
                         path = f"{part.name}.{i}.{layer.role}"

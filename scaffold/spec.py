@@ -26,8 +26,11 @@ MAX_KERNEL = 4096
 MAX_BLOCKS = 128
 MAX_EPOCHS = 100_000
 
-KINDS = ("mlp", "cnn", "autoencoder", "vae")
-TASKS = ("classification", "regression", "reconstruction")
+KINDS = ("mlp", "cnn", "autoencoder", "vae", "gan")
+TASKS = ("classification", "regression", "reconstruction", "adversarial", "multitask")
+HEAD_TASKS = ("classification", "regression")
+HEAD_KEYS = ("features", "task", "weight")
+MAX_HEADS = 32
 ACTIVATIONS = (
     "none",
     "relu",
@@ -87,6 +90,7 @@ MODEL_KEYS = (
     "latent",
     "decoder",
     "output_activation",
+    "heads",
 )
 TRAIN_KEYS = (
     "task",
@@ -152,6 +156,17 @@ class LinearSpec:
 
 
 @dataclass(frozen=True)
+class HeadSpec:
+    """One output head of a multi-task model."""
+
+    where: str
+    name: str
+    features: int
+    task: str
+    weight: float
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     kind: str
     input: tuple[int, ...]
@@ -160,6 +175,7 @@ class ModelSpec:
     latent: int | None
     decoder: str | None
     output_activation: str
+    heads: tuple[HeadSpec, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -534,7 +550,8 @@ def parse_model(raw: Any) -> ModelSpec:
         )
     if kind == "mlp" and conv_raw:
         raise SpecError("model.conv", "kind `mlp` has no conv stack", "use `kind: cnn` for conv blocks followed by an mlp head")
-    if kind in ("mlp", "cnn") and not mlp_raw:
+    heads = _heads(m.get("heads"), kind) if "heads" in m else ()
+    if kind in ("mlp", "cnn") and not mlp_raw and not heads:
         raise SpecError(
             "model.mlp",
             f"kind `{kind}` needs an `mlp:` list; its last block is the output layer",
@@ -542,11 +559,12 @@ def parse_model(raw: Any) -> ModelSpec:
         )
     if kind == "cnn" and not conv_raw:
         raise SpecError("model.conv", "kind `cnn` needs a `conv:` list", "add e.g. `conv: [{channels: 16, pool: 2}]`, or use `kind: mlp`")
-    if kind in ("autoencoder", "vae") and not (conv_raw or mlp_raw):
-        raise SpecError("model", f"kind `{kind}` needs an encoder: a `conv:` list, an `mlp:` list, or both", "add e.g. `conv: [{channels: 32, stride: 2}]`")
+    if kind in ("autoencoder", "vae", "gan") and not (conv_raw or mlp_raw):
+        what = "a discriminator" if kind == "gan" else "an encoder"
+        raise SpecError("model", f"kind `{kind}` needs {what}: a `conv:` list, an `mlp:` list, or both", "add e.g. `conv: [{channels: 32, stride: 2}]`")
 
     conv = tuple(parse_conv(b, f"model.conv[{i}]", defaults, ndim) for i, b in enumerate(conv_raw))
-    head = kind in ("mlp", "cnn")
+    head = kind in ("mlp", "cnn") and not heads
     # `defaults:` describe hidden layers: the output layer of a head (the last
     # mlp block of kind mlp or cnn) takes only `bias` from them, never a norm,
     # activation or dropout it did not ask for itself.
@@ -559,27 +577,62 @@ def parse_model(raw: Any) -> ModelSpec:
     latent = None
     if "latent" in m and m["latent"] is not None:
         latent = as_int(m["latent"], "model.latent")
-    if kind == "vae" and latent is None:
-        raise SpecError("model", "kind `vae` needs `latent:` (the size of z)", "add e.g. `latent: 16`")
+    if kind in ("vae", "gan") and latent is None:
+        raise SpecError("model", f"kind `{kind}` needs `latent:` (the size of z)", "add e.g. `latent: 16`")
     if kind in ("mlp", "cnn"):
         for key in ("latent", "decoder", "output_activation"):
             if key in m:
-                raise SpecError(f"model.{key}", f"applies to autoencoders and VAEs, not kind `{kind}`", f"remove `{key}:`, or set `kind: autoencoder`")
+                raise SpecError(f"model.{key}", f"applies to autoencoders, VAEs and GANs, not kind `{kind}`", f"remove `{key}:`, or set `kind: autoencoder`")
     decoder = None
-    if kind in ("autoencoder", "vae"):
+    if kind in ("autoencoder", "vae", "gan"):
         decoder = as_choice(m.get("decoder", "mirror"), "model.decoder", DECODERS)
-    output_activation = as_choice(m.get("output_activation", "none"), "model.output_activation", ACTIVATIONS)
-    return ModelSpec(kind, shape, conv, mlp, latent, decoder, output_activation)
+    default_output = "tanh" if kind == "gan" else "none"  # GAN data are scaled to [-1, 1]
+    output_activation = as_choice(m.get("output_activation", default_output), "model.output_activation", ACTIVATIONS)
+    return ModelSpec(kind, shape, conv, mlp, latent, decoder, output_activation, heads)
 
 
-def parse_train(raw: Any, kind: str) -> TrainSpec:
+def _heads(raw: Any, kind: str) -> tuple[HeadSpec, ...]:
+    """`heads: {name: {features, task, weight}}`: named outputs on a shared backbone."""
+    if kind not in ("mlp", "cnn"):
+        raise SpecError("model.heads", f"multi-task heads apply to kinds mlp and cnn, not `{kind}`", "remove `heads:`")
+    heads = as_mapping(raw, "model.heads", "`heads: {digit: {features: 10, task: classification}}`")
+    if not 1 <= len(heads) <= MAX_HEADS:
+        raise SpecError("model.heads", f"needs 1 to {MAX_HEADS} heads, got {len(heads)}", "name each head, e.g. `digit: {features: 10}`")
+    out = []
+    for name, head in heads.items():
+        where = f"model.heads.{name}" if isinstance(name, str) and len(name) <= 40 else "model.heads"
+        if not isinstance(name, str) or not PART_NAME_RE.fullmatch(name) or keyword.iskeyword(name):
+            raise SpecError(where, f"{_type_name(name)} is not a valid head name", "use lowercase letters, digits and `_`, starting with a letter (e.g. `digit`)")
+        head = as_mapping(head, where, "`{features: 10, task: classification, weight: 1.0}`")
+        check_keys(head, HEAD_KEYS, where, "a head")
+        if "features" not in head:
+            raise SpecError(where, "missing key `features`", "give the head's output size, e.g. `features: 10`")
+        features = as_int(head["features"], f"{where}.features")
+        task = as_choice(head.get("task", "classification"), f"{where}.task", HEAD_TASKS)
+        if task == "classification" and features < 2:
+            raise SpecError(f"{where}.features", f"a classification head needs one output per class, got {features}", "use 2 or more, or `task: regression`")
+        weight = as_float(head.get("weight", 1.0), f"{where}.weight", 0.0, 1000.0)
+        if weight == 0:
+            raise SpecError(f"{where}.weight", "a weight of 0 means this head never trains", "use a positive weight, or remove the head")
+        out.append(HeadSpec(where, name, features, task, weight))
+    return tuple(out)
+
+
+def parse_train(raw: Any, kind: str, multitask: bool = False) -> TrainSpec:
     t = as_mapping(raw if raw is not None else {}, "train", "`train: {task: classification}`")
     check_keys(t, TRAIN_KEYS, "train", "`train:`")
-    natural = "reconstruction" if kind in ("autoencoder", "vae") else "classification"
+    if multitask:
+        natural, allowed = "multitask", ("multitask",)
+    elif kind in ("autoencoder", "vae"):
+        natural, allowed = "reconstruction", ("reconstruction",)
+    elif kind == "gan":
+        natural, allowed = "adversarial", ("adversarial",)
+    else:
+        natural, allowed = "classification", ("classification", "regression")
     task = as_choice(t.get("task", natural), "train.task", TASKS)
-    if (task == "reconstruction") != (natural == "reconstruction"):
-        allowed = "reconstruction" if natural == "reconstruction" else "classification or regression"
-        raise SpecError("train.task", f"task `{task}` does not fit kind `{kind}`", f"use `task: {allowed}`")
+    if task not in allowed:
+        why = " with `heads:` (each head has its own task)" if multitask else ""
+        raise SpecError("train.task", f"task `{task}` does not fit kind `{kind}`{why}", f"use `task: {' or '.join(allowed)}`, or leave it out")
     opt = t.get("optimizer", {})
     if isinstance(opt, str):
         opt = {"name": opt}
@@ -587,15 +640,15 @@ def parse_train(raw: Any, kind: str) -> TrainSpec:
     check_keys(opt, OPTIMIZER_KEYS, "train.optimizer", "`optimizer:`")
     name = as_choice(opt.get("name", "adamw"), "train.optimizer.name", OPTIMIZERS)
     scheduler = t.get("scheduler", "cosine")
-    if kind in ("mlp", "cnn") and "beta" in t:
+    if kind in ("mlp", "cnn", "gan") and "beta" in t:
         raise SpecError("train.beta", "`beta` weighs the KL term of a VAE", "remove `beta:`")
     if kind == "autoencoder" and "beta" in t:
         raise SpecError("train.beta", "`beta` weighs the KL term of a VAE, and this is a plain autoencoder", "remove `beta:`, or use `kind: vae`")
     groups_raw = as_mapping(t.get("param_groups") or {}, "train.param_groups", "`param_groups: {features: {lr: 0.0001}}`")
     param_groups = []
-    for name, group in groups_raw.items():
-        where = f"train.param_groups.{name}"
-        part = _part_name(name, "train.param_groups")
+    for key, group in groups_raw.items():
+        where = f"train.param_groups.{key}"
+        part = _part_name(key, "train.param_groups")
         group = as_mapping(group, where, "`{lr: 0.0001}`")
         check_keys(group, ("lr",), where, "a parameter group")
         if "lr" not in group:
@@ -636,5 +689,5 @@ def parse_spec(raw: Any) -> Spec:
         raise SpecError("spec", "missing key `model`", "add a `model:` section; see examples/")
     project = check_project_name(data["project"]) if data.get("project") is not None else None
     model = parse_model(data["model"])
-    train = parse_train(data.get("train"), model.kind)
+    train = parse_train(data.get("train"), model.kind, multitask=bool(model.heads))
     return Spec(project, model, train, raw=data)

@@ -272,3 +272,61 @@ def test_avg_pool_3d_needs_the_unpadded_volume_to_cover_the_kernel():
     torch = pytest.importorskip("torch")
     with pytest.raises(RuntimeError):
         torch.nn.AvgPool3d(2, 1, 1)(torch.empty(1, 1, 1, 1, 1))
+
+
+MULTITASK = {"model": {"kind": "cnn", "input": [1, 20, 20],
+                       "defaults": {"kernel": 3, "padding": 1, "norm": "batch", "activation": "relu"},
+                       "conv": [{"channels": 4, "pool": 2}], "mlp": [{"features": 16}],
+                       "heads": {"digit": {"features": 10}, "size": {"features": 1, "task": "regression", "weight": 0.5}}}}
+GAN = {"model": {"kind": "gan", "input": [3, 27, 19],
+                 "defaults": {"kernel": 4, "stride": 2, "padding": 1, "activation": "leaky_relu", "norm": "batch"},
+                 "conv": [{"channels": 8, "norm": "none"}, {"channels": 16}], "latent": 10}}
+
+
+def test_multitask_heads_share_the_trunk():
+    plan = plan_from_raw(MULTITASK)
+    assert plan.task == "multitask"
+    assert [h.name for h in plan.heads] == ["digit", "size"]
+    heads = plan.part("heads")
+    assert heads.is_dict and heads.keys == ("digit", "size")
+    assert [b.out_shape for b in heads.items] == [(10,), (1,)]
+    assert ("heads.digit.linear", (10,)) in plan.module_shapes()
+    check_rendered_model(plan, MULTITASK)
+
+
+def test_gan_generator_is_the_discriminator_transposed():
+    plan = plan_from_raw(GAN)
+    assert plan.task == "adversarial" and plan.output_activation == "tanh"
+    assert plan.part("generator").out_shape == (3, 27, 19)  # odd sizes come back exactly
+    assert plan.part("discriminator").out_shape == (1,)
+    ops = [layer.op for item in plan.part("generator").items for layer in (item.layers if isinstance(item, Block) else (item,))]
+    assert ops[-1] == "Tanh" and "ConvTranspose2d" in ops
+    torch_check_plan(plan)
+    check_rendered_model(plan, GAN)
+
+
+@pytest.mark.parametrize(
+    "model, where, words",
+    [
+        ({**MULTITASK["model"], "heads": {"a": {"features": 3, "weight": 0}}}, "model.heads.a.weight", ["never trains"]),
+        ({**MULTITASK["model"], "heads": {"a": {"features": 1}}}, "model.heads.a.features", ["one output per class"]),
+        ({**MULTITASK["model"], "heads": {"Bad-Name": {"features": 3}}}, "model.heads.Bad-Name", ["not a valid head name"]),
+        ({**MULTITASK["model"], "heads": {"a": {"features": 3, "tsk": "regression"}}}, "model.heads.a", ["did you mean `task`"]),
+        ({**GAN["model"], "kind": "autoencoder", "heads": {"a": {"features": 3}}}, "model.heads", ["mlp and cnn"]),
+        ({k: v for k, v in GAN["model"].items() if k != "latent"}, "model", ["latent"]),
+    ],
+)
+def test_heads_and_gan_rejects(model, where, words):
+    with pytest.raises(SpecError) as info:
+        plan_from_raw({"model": model})
+    assert info.value.where == where, info.value.render()
+    for word in words:
+        assert word in info.value.render()
+
+
+def test_optimizer_name_survives_param_groups():
+    spec = {"model": {"kind": "cnn", "input": [1, 8, 8], "conv": [{"channels": 2, "activation": "relu"}], "mlp": [{"features": 2}]},
+            "train": {"optimizer": {"name": "sgd"}, "param_groups": {"features": {"lr": 0.01}}}}
+    plan = plan_from_raw(spec)
+    assert plan.train.optimizer == "sgd"
+    assert plan.train.param_groups == (("features", 0.01),)
