@@ -86,6 +86,13 @@ def scaffold_compose(
         if convs:
             model["conv"] = [{"channels": c, "pool": 2} for c in convs]
         model["mlp"] = [{"features": w} for w in widths] + [{"features": num_outputs}]
+    elif kind == "gan":
+        model["defaults"] = {"kernel": 4, "stride": 2, "padding": 1, "norm": "batch", "activation": "leaky_relu"}
+        blocks = [{"channels": c} for c in convs] or [{"channels": 32}]
+        blocks[0]["norm"] = "none"  # DCGAN: no BatchNorm on the discriminator's first layer
+        model["conv" if convs else "mlp"] = blocks if convs else [{"features": w} for w in widths or [128]]
+        model["latent"] = latent
+        model["output_activation"] = "tanh"
     else:
         model["defaults"] = {"kernel": 3, "stride": 2, "padding": 1, "norm": "batch", "activation": "relu"}
         if convs:
@@ -95,8 +102,9 @@ def scaffold_compose(
         model["latent"] = latent
         model["decoder"] = "mirror"
         model["output_activation"] = "sigmoid"
+    natural = {"autoencoder": "reconstruction", "vae": "reconstruction", "gan": "adversarial"}
     train: dict[str, Any] = {
-        "task": task if kind in ("mlp", "cnn") else "reconstruction",
+        "task": task if kind in ("mlp", "cnn") else natural[kind],
         "epochs": epochs,
         "batch_size": batch_size,
         "optimizer": {"name": "adamw", "lr": lr, "weight_decay": 0.01},
