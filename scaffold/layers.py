@@ -83,6 +83,31 @@ def linear(in_features: int, out_features: int, bias: bool) -> Layer:
     return Layer("linear", "Linear", f"nn.Linear({args})", (out_features,), params)
 
 
+def _conv_args(
+    in_channels: int,
+    out_channels: int,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+    dilation: tuple[int, ...],
+    bias: bool,
+    output_padding: tuple[int, ...] = (),
+) -> str:
+    """Constructor arguments of a (transposed) convolution, leaving out torch's defaults."""
+    args = [str(in_channels), str(out_channels), f"kernel_size={_arg(kernel)}"]
+    if any(s != 1 for s in stride):
+        args.append(f"stride={_arg(stride)}")
+    if any(padding):
+        args.append(f"padding={_arg(padding)}")
+    if any(output_padding):
+        args.append(f"output_padding={_arg(output_padding)}")
+    if any(d != 1 for d in dilation):
+        args.append(f"dilation={_arg(dilation)}")
+    if not bias:
+        args.append("bias=False")
+    return ", ".join(args)
+
+
 def conv(
     ndim: int,
     in_shape: Shape,
@@ -96,18 +121,10 @@ def conv(
     spatial = tuple(
         conv_out(n, k, s, p, d) for n, k, s, p, d in zip(in_shape[1:], kernel, stride, padding, dilation)
     )
-    args = [str(in_shape[0]), str(out_channels), f"kernel_size={_arg(kernel)}"]
-    if any(s != 1 for s in stride):
-        args.append(f"stride={_arg(stride)}")
-    if any(padding):
-        args.append(f"padding={_arg(padding)}")
-    if any(d != 1 for d in dilation):
-        args.append(f"dilation={_arg(dilation)}")
-    if not bias:
-        args.append("bias=False")
+    args = _conv_args(in_shape[0], out_channels, kernel, stride, padding, dilation, bias)
     params = out_channels * in_shape[0] * math.prod(kernel) + (out_channels if bias else 0)
     op = f"Conv{ndim}d"
-    return Layer("conv", op, f"nn.{op}({', '.join(args)})", (out_channels, *spatial), params)
+    return Layer("conv", op, f"nn.{op}({args})", (out_channels, *spatial), params)
 
 
 def conv_transpose(
@@ -125,20 +142,10 @@ def conv_transpose(
         conv_transpose_out(n, k, s, p, d, op)
         for n, k, s, p, d, op in zip(in_shape[1:], kernel, stride, padding, dilation, output_padding)
     )
-    args = [str(in_shape[0]), str(out_channels), f"kernel_size={_arg(kernel)}"]
-    if any(s != 1 for s in stride):
-        args.append(f"stride={_arg(stride)}")
-    if any(padding):
-        args.append(f"padding={_arg(padding)}")
-    if any(output_padding):
-        args.append(f"output_padding={_arg(output_padding)}")
-    if any(d != 1 for d in dilation):
-        args.append(f"dilation={_arg(dilation)}")
-    if not bias:
-        args.append("bias=False")
+    args = _conv_args(in_shape[0], out_channels, kernel, stride, padding, dilation, bias, output_padding)
     params = in_shape[0] * out_channels * math.prod(kernel) + (out_channels if bias else 0)
     op = f"ConvTranspose{ndim}d"
-    return Layer("conv", op, f"nn.{op}({', '.join(args)})", (out_channels, *spatial), params)
+    return Layer("conv", op, f"nn.{op}({args})", (out_channels, *spatial), params)
 
 
 def pool(ndim: int, in_shape: Shape, kind: str, kernel: tuple[int, ...], stride: tuple[int, ...],
