@@ -156,8 +156,16 @@ def _main(
     """Turn a short spec of a neural network into a standalone, tested PyTorch project."""
 
 
+def _terminate(signum, frame) -> None:
+    """SIGTERM unwinds like Ctrl-C, so that a half-generated project is removed."""
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
     """Console entry point: run the app, keeping tracebacks away from users."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _terminate)
     try:
         app()
     except SystemExit:

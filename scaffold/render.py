@@ -81,21 +81,58 @@ def _locked(path: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+TEMPLATE_MARKER = "scaffold-template-repository"  # a file in .git/ of the repositories scaffold made
+
+
+def _owned_template_repo(repo: Path, source: Path) -> bool:
+    """True if ``repo`` may be overwritten with the template: it does not exist, is an
+    empty directory, or is a template repository that scaffold made. Syncing replaces
+    the work tree and commits, so a path read from a project's ``_src_path`` must
+    never lead here to somebody else's repository (or home directory)."""
+    if not repo.exists():
+        return True
+    if not repo.is_dir() or repo.is_symlink():
+        return False
+    entries = {child.name for child in repo.iterdir()}
+    if not (repo / ".git").is_dir():
+        return not entries
+    if (repo / ".git" / TEMPLATE_MARKER).is_file():
+        return True
+    try:  # made by an older scaffold: nothing but template commits
+        subjects = _git(repo, "log", "--all", "--format=%s").splitlines()
+    except GenerateError:
+        subjects = []
+    if subjects:
+        return all(subject.startswith("scaffold template ") for subject in subjects)
+    # no commits yet: a first sync that was interrupted, holding template files only
+    return entries <= {".git"} | {child.name for child in source.iterdir()}
+
+
 def sync_template_repo(
     source: Path | None = None, version: str | None = None, repo: Path | None = None
 ) -> tuple[Path, str]:
     """Make sure the template repository holds ``source`` at a tag; return (repo, tag).
 
     The same content always maps to the same tag, so calling this before every
-    render is cheap and idempotent.
+    render is cheap and idempotent. A directory that is not a template repository
+    made by scaffold is refused, never overwritten.
     """
     source = source or template_source()
     version = version or __version__
-    repo = repo or scaffold_home() / "template"
+    repo = Path(os.path.abspath(repo or scaffold_home() / "template"))
+    refusal = GenerateError(
+        f"{repo} is not a template repository made by scaffold; refusing to overwrite it. "
+        "Point SCAFFOLD_HOME (or the project's _src_path) at scaffold's own template repository"
+    )
+    if not _owned_template_repo(repo, source):  # checked before the lock file is written beside it
+        raise refusal
     with _locked(repo.parent / ".template.lock"):
+        if not _owned_template_repo(repo, source):
+            raise refusal
         if not (repo / ".git").is_dir():
             repo.mkdir(parents=True, exist_ok=True)
             _git(repo, "init", "-q", "-b", "main")
+            (repo / ".git" / TEMPLATE_MARKER).write_text("made by scaffold; `scaffold update` overwrites this work tree\n")
         for child in repo.iterdir():
             if child.name != ".git":
                 shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
@@ -143,8 +180,15 @@ def new_project(
     check_target(dest)
     if not dest.parent.is_dir():
         raise GenerateError(f"{dest.parent} does not exist; create it first")
-    repo, tag = sync_template_repo()
-    staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".scaffold-tmp", dir=dest.parent))
+    try:
+        repo, tag = sync_template_repo()
+    except OSError as exc:
+        raise GenerateError(f"cannot publish the template into {scaffold_home()} ({exc.strerror or exc})") from None
+    try:
+        staging = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".scaffold-tmp", dir=dest.parent))
+    except OSError as exc:
+        raise GenerateError(f"cannot create a directory in {dest.parent} ({exc.strerror or exc})") from None
+    emptied = False  # whether an empty target directory was removed to rename into its place
     try:
         run_copy(
             str(repo),
@@ -167,11 +211,15 @@ def new_project(
         check_target(dest)  # still free?
         if dest.is_dir():
             dest.rmdir()  # empty; rename() then takes its place
+            emptied = True
         os.rename(staging, dest)
     except BaseException as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        if isinstance(exc, ScaffoldError) or not isinstance(exc, Exception):
-            raise
+        if emptied and not dest.exists():
+            with contextlib.suppress(OSError):
+                dest.mkdir()  # give the user's empty directory back
+        if isinstance(exc, (ScaffoldError, KeyboardInterrupt)) or not isinstance(exc, Exception):
+            raise  # Copier's CopierAnswersInterrupt is a KeyboardInterrupt too: Ctrl-C stays Ctrl-C
         raise _explain(exc) from exc
     return dest
 
