@@ -377,6 +377,9 @@ class HeadBuilder(Builder):
         linears = [block for spec, block in zip(enc.specs, enc.blocks) if isinstance(spec, LinearSpec)]
         if convs:
             parts.append(Part("features", "Convolutional feature extractor.", self.model.input, tuple(convs)))
+        out = enc.out_shape if enc.items else self.model.input
+        if self.model.heads and enc.flat_from is None and len(out) > 1:
+            enc.flat_from = out  # heads right after a conv stack (or on a multi-dimensional input)
         if enc.flat_from is not None:
             parts.append(Part("flatten", "Flatten the feature map into a vector.", enc.flat_from,
                               (L.flatten(enc.flat_from),), sequential=False))
@@ -410,8 +413,8 @@ class HeadBuilder(Builder):
 
     def _multitask(self, parts: list[Part], enc: Encoder, linears: list[Block]) -> Plan:
         """A shared trunk (the mlp blocks, all hidden) and one Linear head per task, in a ModuleDict."""
-        shared = enc.out_shape if not linears else linears[-1].out_shape
-        if len(shared) > 1:  # no mlp blocks after a conv stack: the flatten part did it
+        shared = linears[-1].out_shape if linears else (enc.out_shape if enc.items else self.model.input)
+        if len(shared) > 1:  # no mlp blocks: the flatten part made the vector
             shared = (math.prod(shared),)
         if linears:
             parts.append(Part("trunk", "Shared trunk: the features every head reads.", linears[0].in_shape, tuple(linears)))

@@ -243,6 +243,8 @@ def load_yaml_text(text: str, source: str = "spec") -> dict[str, Any]:
         ) from None
     except RecursionError:
         raise SpecError(source, "the YAML is nested too deeply", "flatten the spec") from None
+    except (ValueError, OverflowError) as exc:  # e.g. a 5000-digit integer, a date with month 13
+        raise SpecError(source, f"a value cannot be read: {_printable(str(exc), 80)}", "check numbers and dates in the spec") from None
     documents = [d for d in documents if d is not None]
     if len(documents) != 1:
         raise SpecError(
@@ -295,8 +297,7 @@ def _type_name(value: Any) -> str:
     if isinstance(value, float):
         return f"a number ({value})"
     if isinstance(value, str):
-        shown = value if len(value) <= 40 else value[:37] + "..."
-        return f"a string ({shown!r})"
+        return f"a string ({_printable(repr(value))})"
     if isinstance(value, list):
         return "a list"
     if isinstance(value, dict):
@@ -304,12 +305,16 @@ def _type_name(value: Any) -> str:
     return type(value).__name__
 
 
+def _printable(value: Any, limit: int = 40) -> str:
+    """A spec value safe to echo in one line of a message: no control characters, not too long."""
+    text = value if isinstance(value, str) and value.isprintable() else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def check_keys(mapping: dict[str, Any], allowed: tuple[str, ...], where: str, what: str) -> None:
     for key in mapping:
         if not isinstance(key, str) or key not in allowed:
-            shown = key if isinstance(key, str) else repr(key)
-            if isinstance(shown, str) and len(shown) > 40:
-                shown = shown[:37] + "..."
+            shown = _printable(key)
             raise SpecError(
                 where,
                 f"unknown key `{shown}`{did_you_mean(str(key), allowed)}",
@@ -439,7 +444,45 @@ def _merged(block: Any, defaults: dict[str, Any], allowed: tuple[str, ...], wher
     return merged
 
 
+def check_defaults(defaults: dict[str, Any], ndim: int) -> None:
+    """Check every `defaults:` value where it was written, whether or not a block uses it."""
+    for key, value in defaults.items():
+        where = f"model.defaults.{key}"
+        if key in ("kernel", "stride", "dilation", "padding"):
+            lo = 0 if key == "padding" else 1
+            if isinstance(value, list) and ndim == 0:
+                [as_int(v, f"{where}[{i}]", lo, MAX_KERNEL) for i, v in enumerate(value)]
+            else:
+                as_tuple(value, where, max(ndim, 1), lo)
+        elif key == "pool":
+            _pool(value, where, max(ndim, 1))
+        elif key == "norm":
+            as_choice(value, where, tuple(dict.fromkeys(LINEAR_NORMS + CONV_NORMS)))
+        elif key == "activation":
+            as_choice(value, where, ACTIVATIONS)
+        elif key == "dropout":
+            as_float(value, where, 0.0, 1.0, hi_open=True)
+        elif key == "bias":
+            as_bool(value, where)
+
+
+def _blame_defaults(error: SpecError, where: str, block: Any) -> SpecError:
+    """An error in a value the block inherited from `defaults:` belongs to `model.defaults`."""
+    rest = error.where[len(where) + 1 :] if error.where.startswith(where + ".") else ""
+    key = rest.split(".")[0].split("[")[0]
+    if not key or (isinstance(block, dict) and key in block):
+        return error
+    return SpecError(f"model.defaults.{key}", f"{error.problem} (inherited by {where})", error.fix, error.details)
+
+
 def parse_conv(block: Any, where: str, defaults: dict[str, Any], ndim: int) -> ConvSpec:
+    try:
+        return _parse_conv(block, where, defaults, ndim)
+    except SpecError as error:
+        raise _blame_defaults(error, where, block) from None
+
+
+def _parse_conv(block: Any, where: str, defaults: dict[str, Any], ndim: int) -> ConvSpec:
     b = _merged(block, defaults, CONV_KEYS, where, "a conv block", "`{channels: 16}`")
     if "channels" not in b:
         raise SpecError(where, "missing key `channels`", "every conv block needs `channels:` (its output channels)")
@@ -478,6 +521,13 @@ def parse_conv(block: Any, where: str, defaults: dict[str, Any], ndim: int) -> C
 
 
 def parse_linear(block: Any, where: str, defaults: dict[str, Any]) -> LinearSpec:
+    try:
+        return _parse_linear(block, where, defaults)
+    except SpecError as error:
+        raise _blame_defaults(error, where, block) from None
+
+
+def _parse_linear(block: Any, where: str, defaults: dict[str, Any]) -> LinearSpec:
     b = _merged(block, defaults, LINEAR_KEYS, where, "an mlp block", "`{features: 64}`")
     if "features" not in b:
         raise SpecError(where, "missing key `features`", "every mlp block needs `features:` (its output size)")
@@ -537,6 +587,7 @@ def parse_model(raw: Any) -> ModelSpec:
 
     defaults = as_mapping(m.get("defaults") or {}, "model.defaults", "`defaults: {activation: relu}`")
     check_keys(defaults, DEFAULT_KEYS, "model.defaults", "`defaults:`")
+    check_defaults(defaults, ndim)
 
     conv_raw = _block_list(m.get("conv"), "model.conv", "{channels: 16}")
     mlp_raw = _block_list(m.get("mlp"), "model.mlp", "{features: 64}")
@@ -600,9 +651,10 @@ def _heads(raw: Any, kind: str) -> tuple[HeadSpec, ...]:
         raise SpecError("model.heads", f"needs 1 to {MAX_HEADS} heads, got {len(heads)}", "name each head, e.g. `digit: {features: 10}`")
     out = []
     for name, head in heads.items():
-        where = f"model.heads.{name}" if isinstance(name, str) and len(name) <= 40 else "model.heads"
-        if not isinstance(name, str) or not PART_NAME_RE.fullmatch(name) or keyword.iskeyword(name):
-            raise SpecError(where, f"{_type_name(name)} is not a valid head name", "use lowercase letters, digits and `_`, starting with a letter (e.g. `digit`)")
+        valid = isinstance(name, str) and PART_NAME_RE.fullmatch(name) and not keyword.iskeyword(name)
+        where = f"model.heads.{name}" if valid else "model.heads"
+        if not valid:
+            raise SpecError(where, f"{_printable(name)} is not a valid head name", "use lowercase letters, digits and `_`, starting with a letter (e.g. `digit`)")
         head = as_mapping(head, where, "`{features: 10, task: classification, weight: 1.0}`")
         check_keys(head, HEAD_KEYS, where, "a head")
         if "features" not in head:

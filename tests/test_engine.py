@@ -310,7 +310,7 @@ def test_gan_generator_is_the_discriminator_transposed():
     [
         ({**MULTITASK["model"], "heads": {"a": {"features": 3, "weight": 0}}}, "model.heads.a.weight", ["never trains"]),
         ({**MULTITASK["model"], "heads": {"a": {"features": 1}}}, "model.heads.a.features", ["one output per class"]),
-        ({**MULTITASK["model"], "heads": {"Bad-Name": {"features": 3}}}, "model.heads.Bad-Name", ["not a valid head name"]),
+        ({**MULTITASK["model"], "heads": {"Bad-Name": {"features": 3}}}, "model.heads", ["not a valid head name"]),
         ({**MULTITASK["model"], "heads": {"a": {"features": 3, "tsk": "regression"}}}, "model.heads.a", ["did you mean `task`"]),
         ({**GAN["model"], "kind": "autoencoder", "heads": {"a": {"features": 3}}}, "model.heads", ["mlp and cnn"]),
         ({k: v for k, v in GAN["model"].items() if k != "latent"}, "model", ["latent"]),
