@@ -547,13 +547,8 @@ def get_at(spec: Any, path: tuple) -> Any:
 
 
 def leaf_wheres(spec: dict, path: tuple) -> tuple[str, ...]:
-    """Where an error about this leaf may point: the leaf itself; for `defaults:`, the
-    defaults entry or any block that inherits it."""
-    if path[:2] == ("model", "defaults"):
-        key = path[2]
-        blocks = [f"model.conv[{i}].{key}" for i in range(len(spec["model"].get("conv") or []))]
-        blocks += [f"model.mlp[{i}].{key}" for i in range(len(spec["model"].get("mlp") or []))]
-        return (f"model.defaults.{key}", *blocks)
+    """Where an error about this leaf must point: the leaf itself (a `defaults:` entry is
+    blamed where it is written, not at a block that inherits it)."""
     return (where_of(path),)
 
 
