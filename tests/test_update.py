@@ -64,7 +64,7 @@ def test_new_template_version_reaches_the_project(project, tmp_path, env):
     # publish a newer template (v9.0.0) with a change to the trainer
     newer = tmp_path / "newer-template"
     shutil.copytree(template_source(), newer)
-    train = newer / "project" / "src" / "{{package_name}}" / "train.py.jinja"
+    train = newer / "project" / "src" / "{{package_name}}" / "{% if spec.model.kind != 'gan' %}train.py{% endif %}.jinja"
     text = train.read_text()
     assert '"""Command-line entry point."""' in text
     train.write_text(text.replace('"""Command-line entry point."""', '"""Command-line entry point (template 9)."""'))
