@@ -10,6 +10,8 @@ against fixed choices.
 from __future__ import annotations
 
 import keyword
+import os
+import stat
 import re
 import sys
 from dataclasses import dataclass, field
@@ -221,13 +223,9 @@ class _NoAliasLoader(yaml.SafeLoader):
 
 
 def load_yaml_text(text: str, source: str = "spec") -> dict[str, Any]:
-    """Parse YAML text into a mapping, refusing anything that is not a plain mapping."""
-    if len(text.encode("utf-8", "replace")) > MAX_SPEC_BYTES:
-        raise SpecError(
-            source,
-            f"the file is larger than {MAX_SPEC_BYTES // 1024} KiB",
-            "a spec is a few dozen lines; check that this is the right file",
-        )
+    """Parse YAML text into a mapping, refusing anything that is not a plain mapping.
+
+    The text is at most MAX_SPEC_BYTES long: load_spec_file reads no more."""
     try:
         documents = list(yaml.load_all(text, Loader=_NoAliasLoader))
     except SpecError:
@@ -249,8 +247,8 @@ def load_yaml_text(text: str, source: str = "spec") -> dict[str, Any]:
     if len(documents) != 1:
         raise SpecError(
             source,
-            f"expected one YAML document, found {len(documents)}",
-            "keep a single spec per file (no `---` separators)",
+            f"expected one YAML document, found {len(documents)}" if documents else "is empty",
+            "keep a single spec per file (no `---` separators)" if documents else "start from a file in examples/",
         )
     data = documents[0]
     if not isinstance(data, dict):
@@ -262,17 +260,45 @@ def load_yaml_text(text: str, source: str = "spec") -> dict[str, Any]:
     return data
 
 
+def _read_bounded(path: Path, limit: int) -> bytes:
+    """At most `limit` bytes of a file, a pipe (`/dev/stdin`) or a device, never hanging on a
+    named pipe that nobody writes to (it reads as empty)."""
+    if not stat.S_ISFIFO(path.stat().st_mode):
+        with path.open("rb") as handle:
+            return handle.read(limit)  # bounded: /dev/zero, or a file that grew since stat()
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)  # a blocking open would wait for a writer
+    try:
+        try:
+            first = os.read(fd, limit)  # b"": no writer, nothing to read
+        except BlockingIOError:
+            first = None  # a writer, no data yet
+        if first == b"":
+            return first
+        os.set_blocking(fd, True)
+        chunks, size = [first or b""], len(first or b"")
+        while size < limit:
+            chunk = os.read(fd, limit - size)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
 def load_spec_file(path: str | Path) -> dict[str, Any]:
     """Read a spec file into a raw mapping (not yet validated)."""
     path = Path(path)
     try:
-        if path.stat().st_size > MAX_SPEC_BYTES:
+        data = _read_bounded(path, MAX_SPEC_BYTES + 1)
+        if len(data) > MAX_SPEC_BYTES:
             raise SpecError(
                 str(path),
                 f"the file is larger than {MAX_SPEC_BYTES // 1024} KiB",
                 "a spec is a few dozen lines; check that this is the right file",
             )
-        text = path.read_text(encoding="utf-8")
+        text = data.decode("utf-8")
     except FileNotFoundError:
         raise SpecError(str(path), "no such file", "check the path to the spec") from None
     except IsADirectoryError:

@@ -26,6 +26,8 @@ def torch_check_plan(plan) -> None:
     for part in plan.parts:
         x = torch.empty((batch, *part.in_shape), device="meta")
         for item in part.items:
+            if part.is_dict:  # parallel items (multi-task heads): each reads the part's input
+                x = torch.empty((batch, *part.in_shape), device="meta")
             layers = item.layers if isinstance(item, Block) else (item,)
             in_order = not isinstance(item, Block) or item.cls in sequential
             for layer in layers:
@@ -40,7 +42,10 @@ def torch_check_plan(plan) -> None:
                     assert tuple(x.shape) == (batch, *layer.out_shape), f"{where} {layer.code}"
             if not in_order:
                 x = torch.empty((batch, *item.out_shape), device="meta")
-        assert tuple(x.shape[1:]) == part.out_shape
+            if part.is_dict:
+                assert tuple(x.shape[1:]) == item.out_shape, f"{part.name}: {item.out_shape}"
+        if not part.is_dict:
+            assert tuple(x.shape[1:]) == part.out_shape
 
 
 def render_template(relative: str, spec: dict, project: str = "demo") -> str:
