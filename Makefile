@@ -26,6 +26,7 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/new_vs_copier.py
+	$(PY) benchmarks/train_speed.py
 
 clean:
 	rm -rf $(VENV) build
