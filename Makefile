@@ -27,6 +27,7 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(PY) benchmarks/new_vs_copier.py
 	$(PY) benchmarks/train_speed.py
+	$(PY) benchmarks/validate_scaling.py
 
 clean:
 	rm -rf $(VENV) build

@@ -25,7 +25,7 @@ from scaffold.errors import SpecError, did_you_mean
 MAX_SPEC_BYTES = 256 * 1024
 MAX_SIZE = 1_000_000  # upper bound for any channel, feature, or input size
 MAX_KERNEL = 4096
-MAX_BLOCKS = 128
+MAX_BLOCKS = 2048
 MAX_EPOCHS = 100_000
 
 KINDS = ("mlp", "cnn", "autoencoder", "vae", "gan")

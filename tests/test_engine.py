@@ -330,3 +330,17 @@ def test_optimizer_name_survives_param_groups():
     plan = plan_from_raw(spec)
     assert plan.train.optimizer == "sgd"
     assert plan.train.param_groups == (("features", 0.01),)
+
+
+def test_a_thousand_layer_mlp_validates_and_matches_torch(tmp_path, env):
+    """Depth is not a problem for the engine (its timing: benchmarks/validate_scaling.py)."""
+    from conftest import run_cli
+
+    blocks = ", ".join(["{features: 16, norm: batch, activation: relu}"] * 999 + ["{features: 3}"])
+    (tmp_path / "deep.yaml").write_text(f"project: deep\nmodel: {{kind: mlp, input: [16], mlp: [{blocks}]}}\n")
+    result = run_cli("validate", "deep.yaml", cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("ok: deep: mlp, (B, 16) -> (B, 3), 2998 layers, ")
+    plan = plan_from_file(tmp_path / "deep.yaml")
+    torch_check_plan(plan)
+    assert len(plan.part("head").items) == 1000

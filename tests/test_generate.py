@@ -52,6 +52,10 @@ def test_example_becomes_a_working_project(example, tmp_path, env):
 
     black = subprocess.run([sys.executable, "-m", "black", "--check", "-q", "."], cwd=project, capture_output=True, text=True)
     assert black.returncode == 0, black.stderr
+    # black does not split strings and docstrings: the template keeps them within its 100 columns
+    long_lines = [f"{path.name}:{number}" for path in project.rglob("*.py")
+                  for number, line in enumerate(path.read_text().splitlines(), 1) if len(line) > 100]
+    assert not long_lines, long_lines
 
     tests = run_project_tests(project, env)
     assert tests.returncode == 0, tests.stdout[-4000:]
