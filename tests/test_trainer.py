@@ -167,6 +167,25 @@ def test_distributed_data_parallel_on_two_cpu_processes(project, tmp_path):
     assert 0.0 <= metrics(tmp_path / "val")[0]["val_acc"] <= 1.0
 
 
+def test_a_nan_in_one_process_stops_both_instead_of_hanging(project, tmp_path):
+    # one poisoned sample: at that step one process's loss is NaN and the other's is finite
+    x = torch.rand(64, 1, 28, 28)
+    x[17] = 3e38  # finite, but it overflows float32 inside the network
+    torch.save({"x": x, "y": torch.zeros(64, dtype=torch.int64)}, tmp_path / "poisoned.pt")
+    path, env = project
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               f"{PACKAGE}.train", "--data", str(tmp_path / "poisoned.pt"), "--val-fraction", "0", "--epochs", "1",
+               "--batch-size", "16", "--out", str(tmp_path / "run"), "--device", "cpu"]
+    try:
+        result = subprocess.run(command, cwd=path, env={**env, "OMP_NUM_THREADS": "1"}, capture_output=True,
+                                text=True, timeout=240)
+    except subprocess.TimeoutExpired:
+        raise AssertionError("the healthy process hung in backward()") from None
+    assert result.returncode != 0
+    assert "the loss became nan at step" in result.stderr
+    assert "the loss became nan or inf in another process at step" in result.stderr
+
+
 # --------------------------------------------------------------------------- exit codes
 
 
