@@ -1,9 +1,9 @@
 """Builders: one per model kind, each turning a checked spec into a plan.
 
-A builder walks the blocks in order, inferring each block's input from the
-previous block's output, checking every shape with torch's formulas and
-raising a :class:`SpecError` at the first block that cannot work. Autoencoders
-and VAEs get their decoder by transposing the encoder (:meth:`Builder.mirror`).
+A builder walks the blocks in order, inferring each block's input from the previous
+block's output, checking every shape with torch's formulas and raising a
+:class:`SpecError` at the first block that cannot work. Autoencoders, VAEs and GANs get
+their decoder (generator) by transposing the encoder (discriminator): see :func:`mirror`.
 """
 
 from __future__ import annotations
@@ -13,14 +13,31 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from scaffold import blocks as B
 from scaffold import layers as L
+from scaffold.blocks import Style
 from scaffold.errors import SpecError, SpecWarning, did_you_mean
-from scaffold.layers import Layer, Shape, fmt_dims
+from scaffold.layers import ConvGeometry, Layer, Shape, fmt_dims
 from scaffold.plan import Block, Item, Part, Plan
 from scaffold.spec import ConvSpec, LinearSpec, Spec, check_project_name, load_spec_file, parse_spec
 
 LARGE_MODEL = 50_000_000  # parameters; above this, warn about memory and test time
 NORMALIZING = ("softmax", "log_softmax")
+
+
+def style_of(spec: ConvSpec | LinearSpec) -> Style:
+    return Style(spec.norm, spec.activation, spec.negative_slope, spec.dropout)
+
+
+def geometry(spec: ConvSpec) -> ConvGeometry:
+    return ConvGeometry(spec.kernel, spec.stride, spec.padding, spec.dilation)
+
+
+def dense(where: str, in_features: int, out_features: int, style: Style, bias: bool | None, note: str = "") -> Item:
+    """A Linear, or a LinearBlock when a norm, activation or dropout follows it."""
+    if style == B.PLAIN:
+        return L.linear(in_features, out_features, style.bias(bias))
+    return B.linear_block(where, in_features, out_features, style, bias, note=note)
 
 
 @dataclass
@@ -37,29 +54,36 @@ class Encoder:
     def out_shape(self) -> Shape:
         return self.items[-1].out_shape
 
+    def last_style(self) -> Style:
+        """The norm, activation and dropout the encoder's output went through."""
+        return style_of(self.specs[-1])
 
-class Builder:
-    """Common machinery; subclasses implement :meth:`build` for one kind."""
 
-    def __init__(self, spec: Spec, project: str | None = None) -> None:
-        self.spec = spec
+class Stack:
+    """Walks a spec's conv and mlp blocks in order, checking each shape; keeps a trail of
+    shapes for error messages and the warnings found on the way."""
+
+    def __init__(self, spec: Spec) -> None:
         self.model = spec.model
-        self.project = check_project_name(project) if project else (spec.project or "model")
         self.ndim = len(self.model.input) - 1
         self.warnings: list[SpecWarning] = []
         self.trail: list[str] = [f"input {fmt_dims(self.model.input)}"]
 
-    # ------------------------------------------------------------------ blocks
+    def warn(self, where: str, message: str) -> None:
+        self.warnings.append(SpecWarning(where, message))
+
+    def trail_lines(self) -> list[str]:
+        return ["shapes: " + " -> ".join(self.trail)]
 
     def conv_block(self, c: ConvSpec, in_shape: Shape, source: str) -> tuple[Block, Shape]:
-        """Conv -> norm -> activation -> pool -> dropout; returns the block and its pre-pool shape."""
+        """Conv, norm, activation, pool, dropout; returns the block and its pre-pool shape."""
         if c.in_channels is not None and c.in_channels != in_shape[0]:
             raise SpecError(
                 c.where,
                 f"declares in_channels {c.in_channels} but {source} has {in_shape[0]} channels "
                 f"(shape {fmt_dims(in_shape)})",
                 f"set `in_channels: {in_shape[0]}`, or remove `in_channels` (it is inferred)",
-                self._trail_lines(),
+                self.trail_lines(),
             )
         for n, k, s, p, d in zip(in_shape[1:], c.kernel, c.stride, c.padding, c.dilation):
             reach = d * (k - 1) + 1
@@ -71,74 +95,48 @@ class Builder:
                     f"its input is {size}, smaller than {what}",
                     "remove this block, or make the feature map larger earlier: smaller "
                     "kernels or strides, pooling removed, or more padding",
-                    self._trail_lines() + [f"arithmetic: {L.conv_arithmetic(n, k, s, p, d)}"],
+                    self.trail_lines() + [f"arithmetic: {L.conv_arithmetic(n, k, s, p, d)}"],
                 )
-        first = L.conv(self.ndim, in_shape, c.channels, c.kernel, c.stride, c.padding, c.dilation, c.bias)
-        shape = first.out_shape
-        pre_pool = shape
-        if c.residual:
-            layers = self._residual_conv_layers(c, in_shape, first)
-        else:
-            layers = [first]
-            if c.norm != "none":
-                layers.append(L.norm(c.norm, shape))
-            if c.activation != "none":
-                layers.append(L.activation(c.activation, shape))
-        if c.pool is not None:
-            for n, k, s, p in zip(shape[1:], c.pool.kernel, c.pool.stride, c.pool.padding):
-                if c.pool.kind == "avg" and self.ndim == 3 and n < k:  # torch's AvgPool3d ignores padding here
-                    raise SpecError(
-                        f"{c.where}.pool",
-                        f"after the conv the volume is {fmt_dims(shape[1:])}; AvgPool3d needs every side "
-                        f"at least its kernel {k} before padding",
-                        "use a smaller pool, max pooling, or remove the pool from this block",
-                        self._trail_lines() + [f"conv: {fmt_dims(in_shape)} -> {fmt_dims(shape)}"],
-                    )
-                if n + 2 * p < k:
-                    raise SpecError(
-                        f"{c.where}.pool",
-                        f"after the conv the feature map is {fmt_dims(shape[1:])}, smaller than the pooling window {k}",
-                        "use a smaller pool, or remove the pool from this block",
-                        self._trail_lines()
-                        + [f"conv: {fmt_dims(in_shape)} -> {fmt_dims(shape)}", f"pool arithmetic: {L.conv_arithmetic(n, k, s, p, 1)}"],
-                    )
-            layers.append(L.pool(self.ndim, shape, c.pool.kind, c.pool.kernel, c.pool.stride, c.pool.padding))
-            shape = layers[-1].out_shape
-        if c.dropout:
-            layers.append(L.dropout(c.dropout, shape))
-        if c.activation in NORMALIZING and shape[0] == 1:
+        g = geometry(c)
+        pre_pool = (c.channels, *g.out(in_shape[1:]))
+        pool = self._pool(c, in_shape, pre_pool) if c.pool is not None else None
+        build = B.residual_conv_block if c.residual else B.conv_block
+        block = build(c.where, self.ndim, in_shape, c.channels, g, style_of(c), c.bias, pool)
+        if c.activation in NORMALIZING and block.out_shape[0] == 1:
             self.warn(c.where, f"{c.activation} over a single channel always outputs {'1' if c.activation == 'softmax' else '0'}")
-        block = Block("ResidualConvBlock" if c.residual else "ConvBlock", c.where, in_shape, tuple(layers))
         self.trail.append(f"{c.where} -> {fmt_dims(block.out_shape)}")
         return block, pre_pool
 
-    def _residual_conv_layers(self, c: ConvSpec, in_shape: Shape, first: Layer) -> list[Layer]:
-        """conv1 -> norm1 -> act -> conv2 -> norm2, plus a shortcut: torchvision's BasicBlock."""
-        shape = first.out_shape
-        ones = (1,) * self.ndim
-        layers = [replace(first, role="conv1")]
-        if c.norm != "none":
-            layers.append(replace(L.norm(c.norm, shape), role="norm1"))
-        if c.activation != "none":
-            layers.append(L.activation(c.activation, shape))
-        conv2 = L.conv(self.ndim, shape, c.channels, c.kernel, ones, c.padding, c.dilation, c.bias)
-        layers.append(replace(conv2, role="conv2"))
-        if c.norm != "none":
-            layers.append(replace(L.norm(c.norm, shape), role="norm2"))
-        if shape != in_shape:  # channels or size change: project the identity
-            layers.append(L.conv_shortcut(self.ndim, in_shape, shape, c.stride, c.norm != "none"))
-        return layers
+    def _pool(self, c: ConvSpec, in_shape: Shape, shape: Shape) -> Layer:
+        assert c.pool is not None
+        for n, k, s, p in zip(shape[1:], c.pool.kernel, c.pool.stride, c.pool.padding):
+            if c.pool.kind == "avg" and self.ndim == 3 and n < k:  # torch's AvgPool3d ignores padding here
+                raise SpecError(
+                    f"{c.where}.pool",
+                    f"after the conv the volume is {fmt_dims(shape[1:])}; AvgPool3d needs every side "
+                    f"at least its kernel {k} before padding",
+                    "use a smaller pool, max pooling, or remove the pool from this block",
+                    self.trail_lines() + [f"conv: {fmt_dims(in_shape)} -> {fmt_dims(shape)}"],
+                )
+            if n + 2 * p < k:
+                raise SpecError(
+                    f"{c.where}.pool",
+                    f"after the conv the feature map is {fmt_dims(shape[1:])}, smaller than the pooling window {k}",
+                    "use a smaller pool, or remove the pool from this block",
+                    self.trail_lines()
+                    + [f"conv: {fmt_dims(in_shape)} -> {fmt_dims(shape)}", f"pool arithmetic: {L.conv_arithmetic(n, k, s, p, 1)}"],
+                )
+        return L.pool(self.ndim, shape, c.pool.kind, c.pool.kernel, c.pool.stride, c.pool.padding)
 
     def linear_block(self, b: LinearSpec, in_shape: Shape, source: str) -> Block:
-        """Linear -> norm -> activation -> dropout."""
+        """Linear, [gate], norm, [scale], activation, dropout; or the residual block."""
         if b.in_features is not None and b.in_features != in_shape[0]:
             raise SpecError(
                 b.where,
                 f"declares {b.in_features} input features but {source}",
                 f"set `in_features: {in_shape[0]}`, or remove `in_features` (it is inferred)",
-                self._trail_lines(),
+                self.trail_lines(),
             )
-        layers = self._linear_layers(in_shape, b.features, b, b.norm, b.activation, b.dropout)
         if b.activation in NORMALIZING and b.features == 1:
             self.warn(
                 b.where,
@@ -146,53 +144,19 @@ class Builder:
                 "for one binary output use `activation: sigmoid` (or none, with BCEWithLogitsLoss)",
             )
         self.trail.append(f"{b.where} -> {b.features}")
-        return Block(_linear_class(b), b.where, in_shape, tuple(layers))
-
-    def _linear_layers(
-        self, in_shape: Shape, features: int, b: LinearSpec, norm: str, act: str, drop: float
-    ) -> list[Layer]:
-        """The layers of a plain, gated or residual linear block, in forward order."""
-        shape: Shape = (features,)
-        if b.residual:
-            layers = [replace(L.linear(in_shape[0], features, b.bias), role="fc1")]
-            if norm != "none":
-                layers.append(replace(L.norm(norm, shape), role="norm1"))
-            if act != "none":
-                layers.append(L.activation(act, shape))
-            layers.append(replace(L.linear(features, features, b.bias), role="fc2"))
-            if norm != "none":
-                layers.append(replace(L.norm(norm, shape), role="norm2"))
-            if b.scale:
-                layers.append(L.scale(shape))
-            if in_shape != shape:
-                layers.append(L.linear_shortcut(in_shape[0], features))
-        else:
-            layers = [L.linear(in_shape[0], features, b.bias)]
-            if b.gate:
-                layers.append(replace(L.linear(features, features, True), role="gate"))
-            if norm != "none":
-                layers.append(L.norm(norm, shape))
-            if b.scale:
-                layers.append(L.scale(shape))
-            if act != "none":
-                layers.append(L.activation(act, shape))
-        if drop:
-            layers.append(L.dropout(drop, shape))
-        return layers
-
-    # ------------------------------------------------------------------ stacks
+        return linear_spec_block(b, b.where, in_shape[0], b.features, style_of(b))
 
     def encoder(self) -> Encoder:
         """Conv blocks, Flatten where needed, then linear blocks."""
         enc = Encoder()
         shape: Shape = self.model.input
         source = "the input"
-        for i, c in enumerate(self.model.conv):
+        for c in self.model.conv:
             block, pre_pool = self.conv_block(c, shape, source)
+            enc.pre_pool[len(enc.blocks)] = pre_pool
             enc.items.append(block)
             enc.blocks.append(block)
             enc.specs.append(c)
-            enc.pre_pool[len(enc.blocks) - 1] = pre_pool
             shape, source = block.out_shape, f"the previous block ({c.where}) outputs a map that"
         if self.model.mlp and len(shape) > 1:
             enc.flat_from = shape
@@ -205,8 +169,13 @@ class Builder:
             enc.blocks.append(block)
             enc.specs.append(b)
             shape = block.out_shape
-        for c_or_b, block in zip(enc.specs, enc.blocks):
-            self._warn_no_activation(c_or_b, block, enc)
+        for spec in enc.specs[:-1]:
+            if spec.activation == "none":
+                self.warn(
+                    spec.where,
+                    "no activation before the next block: two layers with nothing non-linear between "
+                    "them compute what one layer could; add e.g. `activation: relu`",
+                )
         return enc
 
     def _describe_source(self, i: int, shape: Shape, flat_from: Shape | None) -> str:
@@ -217,111 +186,70 @@ class Builder:
             return f"{what} flattens to {fmt_dims(flat_from)} = {math.prod(flat_from)}"
         return f"the input has {shape[0]} features"
 
-    def _warn_no_activation(self, spec: ConvSpec | LinearSpec, block: Block, enc: Encoder) -> None:
-        is_last = block is enc.blocks[-1]
-        if spec.activation == "none" and not is_last:
-            self.warn(
-                spec.where,
-                "no activation before the next block: two layers with nothing non-linear between "
-                "them compute what one layer could; add e.g. `activation: relu`",
-            )
 
-    def mirror(self, enc: Encoder, start: Shape, name: str = "decoder") -> list[Item]:
-        """Transpose the encoder into a decoder that reproduces its input shape exactly.
+def linear_spec_block(b: LinearSpec, where: str, in_features: int, out_features: int, style: Style, note: str = "") -> Block:
+    """The block an mlp entry asks for: residual, gated, or plain."""
+    if b.residual:
+        return B.residual_linear_block(where, in_features, out_features, style, b.bias, b.scale, note)
+    return B.linear_block(where, in_features, out_features, style, b.bias, gate=b.gate, scale=b.scale, note=note)
 
-        Blocks come in reverse order. Each inverts the encoder block it mirrors
-        (Linear back to the block's input size; ConvTranspose with the same
-        kernel, stride, padding and dilation plus the output_padding that lands
-        on the recorded size; an Upsample to the recorded size where the
-        encoder pooled). Each hidden decoder block then applies the norm,
-        activation and dropout that the encoder applied to produce that same
-        shape, so the decoder retraces the encoder's feature maps and the
-        encoder's own output activation never leaks into it. The last block has
-        no norm or dropout, and `output_activation`.
-        """
-        items: list[Item] = []
-        shape = start
-        n = len(enc.blocks)
-        for j in range(n):
-            i = n - 1 - j
-            spec, block = enc.specs[i], enc.blocks[i]
-            source = enc.specs[i - 1] if i > 0 else None
-            if source is None:  # the output layer
-                style = ("none", self.model.output_activation, 0.0)
-            else:
-                style = (source.norm, source.activation, source.dropout)
-            where, note = f"{name}[{j}]", f"mirrors {spec.where}"
-            if isinstance(spec, LinearSpec):
-                mirrored = spec if source is not None else replace(spec, residual=False, gate=False)
-                layers = self._linear_layers(shape, block.in_shape[0], mirrored, *style)
-                items.append(Block(_linear_class(mirrored), where, shape, tuple(layers), note=note))
-                shape = block.in_shape
-                if i == 0 and enc.flat_from is not None and not self.model.conv:
-                    items.append(L.unflatten(enc.flat_from))  # mlp-only encoder of a multi-dimensional input
-                    shape = enc.flat_from
-                continue
-            if shape != block.out_shape:  # leaving the linear part: restore the conv map
-                items.append(L.unflatten(block.out_shape))
-                shape = block.out_shape
-            cls, layers = self._mirror_conv(spec, shape, block.in_shape, enc.pre_pool[i], residual=spec.residual and source is not None, style=style)
-            items.append(Block(cls, where, shape, tuple(layers), note=note))
-            shape = layers[-1].out_shape
-        if shape != self.model.input:  # the transposition is exact by construction
-            raise AssertionError(f"decoder output {shape} != input {self.model.input}")
-        return items
 
-    def _mirror_conv(
-        self, spec: ConvSpec, shape: Shape, target: Shape, pre_pool: Shape, residual: bool,
-        style: tuple[str, str, float],
-    ) -> tuple[str, list[Layer]]:
-        """Invert one conv block: [Upsample], ConvTranspose landing exactly on `target`, then style."""
-        norm, act, drop = style
-        layers: list[Layer] = []
-        if spec.pool is not None:
-            layers.append(L.upsample(shape, pre_pool[1:]))
-            shape = pre_pool
-        padding_out = tuple(
-            want - L.conv_transpose_out(have, k, s, p, d, 0)
-            for want, have, k, s, p, d in zip(target[1:], shape[1:], spec.kernel, spec.stride, spec.padding, spec.dilation)
+def mirror(enc: Encoder, items: list[Item], start: Shape, name: str, hidden: Style | None, output: Style, ndim: int, input_shape: Shape) -> None:
+    """Transpose the encoder into `items`, a decoder that reproduces the input shape exactly.
+
+    Blocks come in reverse order. Each inverts the encoder block it mirrors (a Linear back
+    to the block's input size; a ConvTranspose with the same kernel, stride, padding and
+    dilation plus the output_padding that lands on the recorded size; an Upsample to the
+    recorded size where the encoder pooled). Each hidden block then applies `hidden`, or,
+    when that is None, the norm, activation and dropout that the encoder applied to produce
+    the same shape: the decoder retraces the encoder's feature maps. The last block has
+    `output` (no norm or dropout; the output activation). A bias written on an encoder block
+    applies to its mirror too.
+    """
+    shape = start
+    n = len(enc.blocks)
+    for i in reversed(range(n)):
+        spec, block = enc.specs[i], enc.blocks[i]
+        last = i == 0
+        style = output if last else (hidden or style_of(enc.specs[i - 1]))
+        where, note = f"{name}.{len(items)}", f"mirrors {spec.where}"
+        if isinstance(spec, LinearSpec):
+            plain = replace(spec, residual=False, gate=False) if last else spec
+            items.append(linear_spec_block(plain, where, shape[0], block.in_shape[0], style, note))
+            shape = block.in_shape
+            if last and enc.flat_from is not None and not enc.pre_pool:
+                items.append(L.unflatten(enc.flat_from))  # an mlp-only encoder of a multi-dimensional input
+                shape = enc.flat_from
+            continue
+        if len(shape) == 1:  # leaving the linear part: restore the conv map
+            items.append(L.unflatten(block.out_shape))
+            shape = block.out_shape
+        where = f"{name}.{len(items)}"
+        upsample = enc.pre_pool[i][1:] if spec.pool is not None else None
+        up = B.up_block(
+            where, ndim, shape, block.in_shape, geometry(spec), style, spec.bias, upsample,
+            residual=spec.residual and not last, note=note,
         )
-        for op, s, d in zip(padding_out, spec.stride, spec.dilation):
-            if not (0 <= op and (op < s or op < d)):  # cannot happen for a valid encoder
-                raise AssertionError(f"output_padding {op} out of range for stride {s}")
-        up_conv = L.conv_transpose(
-            self.ndim, shape, target[0], spec.kernel, spec.stride, spec.padding, spec.dilation, padding_out, spec.bias
-        )
-        if residual:  # the transposed BasicBlock: ConvTranspose, norm, act, Conv, norm, + shortcut
-            layers.append(replace(up_conv, role="conv1"))
-            if norm != "none":
-                layers.append(replace(L.norm(norm, target), role="norm1"))
-            if act != "none":
-                layers.append(L.activation(act, target))
-            ones = (1,) * self.ndim
-            conv2 = L.conv(self.ndim, target, target[0], spec.kernel, ones, spec.padding, spec.dilation, spec.bias)
-            layers.append(replace(conv2, role="conv2"))
-            if norm != "none":
-                layers.append(replace(L.norm(norm, target), role="norm2"))
-            if shape != target:
-                layers.append(L.conv_transpose_shortcut(self.ndim, shape, target, spec.stride, norm != "none"))
-        else:
-            layers.append(up_conv)
-            if norm != "none":
-                layers.append(L.norm(norm, target))
-            if act != "none":
-                layers.append(L.activation(act, target))
-        if drop:
-            layers.append(L.dropout(drop, target))
-        return ("ResidualUpBlock" if residual else "UpBlock"), layers
+        items.append(up)
+        shape = up.out_shape
+    if shape != input_shape:  # the transposition is exact by construction
+        raise AssertionError(f"decoder output {shape} != input {input_shape}")
 
-    # ------------------------------------------------------------------ plan
+
+class Builder:
+    """Common machinery; subclasses implement :meth:`build` for one kind."""
+
+    def __init__(self, spec: Spec, project: str | None = None) -> None:
+        self.spec = spec
+        self.model = spec.model
+        self.project = check_project_name(project) if project else (spec.project or "model")
+        self.ndim = len(self.model.input) - 1
+        self.stack = Stack(spec)
 
     def warn(self, where: str, message: str) -> None:
-        self.warnings.append(SpecWarning(where, message))
+        self.stack.warn(where, message)
 
-    def _trail_lines(self) -> list[str]:
-        return ["shapes: " + " -> ".join(self.trail)]
-
-    def plan(self, parts: list[Part], output_shape: Shape) -> Plan:
+    def plan(self, parts: list[Part], output_shape: Shape, **extra: Any) -> Plan:
         train = self.spec.train
         plan = Plan(
             project=self.project,
@@ -333,6 +261,7 @@ class Builder:
             train=train,
             latent=self.model.latent,
             output_activation=self.model.output_activation,
+            **extra,
         )
         self._check_parts(plan)
         if train.batch_size == 1 and any(op.startswith("BatchNorm") for op in plan.layer_ops()):
@@ -343,7 +272,7 @@ class Builder:
                 f"{plan.params:,} parameters ({plan.params * 4 / 2**30:.1f} GiB as float32); "
                 "the generated tests build this model, so expect them to be slow",
             )
-        return replace(plan, warnings=tuple(self.warnings))
+        return replace(plan, warnings=tuple(self.stack.warnings))
 
     def _check_parts(self, plan: Plan) -> None:
         """`param_groups` and `freeze` must name parts that have parameters."""
@@ -363,15 +292,24 @@ class Builder:
         if frozen_groups:
             self.warn("train.param_groups", f"{', '.join(frozen_groups)} frozen, so the learning rate given for it is unused")
 
+    def output_style(self) -> Style:
+        """The decoder's last layer: the output activation, or none where forward returns
+        logits (a sigmoid output of a reconstruction model: the loss applies it)."""
+        activation = self.model.output_activation
+        if self.model.kind in ("autoencoder", "vae") and activation == "sigmoid":
+            activation = "none"
+        return Style(activation=activation)
+
     def build(self) -> Plan:  # pragma: no cover - abstract
         raise NotImplementedError
 
 
 class HeadBuilder(Builder):
-    """`mlp` and `cnn`: an optional conv stack, then an mlp whose last block is the output."""
+    """`mlp` and `cnn`: features (conv blocks), trunk (hidden mlp blocks), head (the output
+    layer); or, with `heads:`, one Linear head per task on the trunk."""
 
     def build(self) -> Plan:
-        enc = self.encoder()
+        enc = self.stack.encoder()
         parts: list[Part] = []
         convs = [block for spec, block in zip(enc.specs, enc.blocks) if isinstance(spec, ConvSpec)]
         linears = [block for spec, block in zip(enc.specs, enc.blocks) if isinstance(spec, LinearSpec)]
@@ -381,13 +319,9 @@ class HeadBuilder(Builder):
         if self.model.heads and enc.flat_from is None and len(out) > 1:
             enc.flat_from = out  # heads right after a conv stack (or on a multi-dimensional input)
         if enc.flat_from is not None:
-            parts.append(Part("flatten", "Flatten the feature map into a vector.", enc.flat_from,
-                              (L.flatten(enc.flat_from),), sequential=False))
+            parts.append(Part("flatten", "Flatten the feature map into a vector", enc.flat_from, (L.flatten(enc.flat_from),), sequential=False))
         if self.model.heads:
             return self._multitask(parts, enc, linears)
-        head_doc = "Classifier head: the last layer outputs one logit per class." if self.spec.train.task == "classification" else "Regression head."
-        parts.append(Part("head", head_doc, linears[0].in_shape, tuple(linears)))
-        out = linears[-1]
         spec_out = self.model.mlp[-1]
         if spec_out.residual or spec_out.gate:
             raise SpecError(
@@ -395,11 +329,17 @@ class HeadBuilder(Builder):
                 "the output layer cannot be residual or gated: it maps features to the outputs",
                 "add a plain block at the end, e.g. `{features: 10}`",
             )
-        if self.spec.train.task == "classification":
-            if out.out_shape[0] < 2:
+        if len(linears) > 1:
+            parts.append(Part("trunk", "Hidden layers.", linears[0].in_shape, tuple(linears[:-1])))
+        classify = self.spec.train.task == "classification"
+        head = dense(spec_out.where, linears[-1].in_shape[0], spec_out.features, style_of(spec_out), spec_out.bias)
+        doc = "Output layer, one logit per class" if classify else "Output layer"
+        parts.append(Part("head", doc, linears[-1].in_shape, (head,), sequential=False))
+        if classify:
+            if spec_out.features < 2:
                 raise SpecError(
                     spec_out.where,
-                    f"a classifier needs one output per class, but the output layer has {out.out_shape[0]}",
+                    f"a classifier needs one output per class, but the output layer has {spec_out.features}",
                     "set `features:` to the number of classes (2 for a binary problem)",
                 )
             if spec_out.activation != "none":
@@ -408,8 +348,7 @@ class HeadBuilder(Builder):
                     f"the output layer applies {spec_out.activation}, but the classification loss "
                     "(cross entropy) expects raw logits; use `activation: none`",
                 )
-        return self.plan(parts, out.out_shape)
-
+        return self.plan(parts, head.out_shape)
 
     def _multitask(self, parts: list[Part], enc: Encoder, linears: list[Block]) -> Plan:
         """A shared trunk (the mlp blocks, all hidden) and one Linear head per task, in a ModuleDict."""
@@ -418,31 +357,33 @@ class HeadBuilder(Builder):
             shared = (math.prod(shared),)
         if linears:
             parts.append(Part("trunk", "Shared trunk: the features every head reads.", linears[0].in_shape, tuple(linears)))
-        heads = [Block("LinearBlock", h.where, shared, (L.linear(shared[0], h.features, True),)) for h in self.model.heads]
+        heads = tuple(L.linear(shared[0], h.features, True) for h in self.model.heads)
         names = tuple(h.name for h in self.model.heads)
-        parts.append(Part("heads", "One output head per task, by name.", shared, tuple(heads), keys=names))
-        plan = self.plan(parts, heads[0].out_shape)
-        return replace(plan, heads=self.model.heads)
+        parts.append(Part("heads", "One output layer per task, by name.", shared, heads, keys=names))
+        return self.plan(parts, heads[0].out_shape, heads=self.model.heads)
 
 
 class AutoencoderBuilder(Builder):
     """Encoder, optional latent bottleneck, mirrored decoder."""
 
     def build(self) -> Plan:
-        enc = self.encoder()
+        enc = self.stack.encoder()
         items = list(enc.items)
         start = enc.out_shape
         decoder: list[Item] = []
-        if self.model.latent is not None:
+        latent = self.model.latent
+        if latent is not None:
+            flat = math.prod(start)
+            self._check_latent(flat)
             if len(start) > 1:
                 items.append(L.flatten(start))
-            flat = (math.prod(start),)
-            self._check_latent(flat[0])
-            items.append(L.linear(flat[0], self.model.latent, True))
-            decoder.append(L.linear(self.model.latent, flat[0], True))
+            items.append(L.linear(flat, latent, True))
+            # back to the encoder's output, through the activation the encoder's output had
+            note = f"norm, act of {enc.specs[-1].where}"
+            decoder.append(dense("decoder.0", latent, flat, enc.last_style(), None, note))
             if len(start) > 1:
                 decoder.append(L.unflatten(start))
-        decoder += self.mirror(enc, start)
+        mirror(enc, decoder, start, "decoder", None, self.output_style(), self.ndim, self.model.input)
         parts = [
             Part("encoder", "Encoder: input -> code.", self.model.input, tuple(items)),
             Part("decoder", "Decoder: the encoder transposed, code -> input shape.", items[-1].out_shape, tuple(decoder)),
@@ -462,7 +403,7 @@ class VAEBuilder(AutoencoderBuilder):
     """Encoder, mean and log-variance heads, sampler, mirrored decoder."""
 
     def build(self) -> Plan:
-        enc = self.encoder()
+        enc = self.stack.encoder()
         items = list(enc.items)
         start = enc.out_shape
         if len(start) > 1:
@@ -474,39 +415,52 @@ class VAEBuilder(AutoencoderBuilder):
         decoder: list[Item] = []
         if len(start) > 1:
             decoder.append(L.unflatten(start))
-        decoder += self.mirror(enc, start)
+        mirror(enc, decoder, start, "decoder", None, self.output_style(), self.ndim, self.model.input)
+        note = f"norm, act of {enc.specs[-1].where}"
+        fc_decode = dense("fc_decode", latent, flat, enc.last_style(), None, note)
+        decode_doc = "z -> encoder output" + ("" if isinstance(fc_decode, Layer) else f", the {note}")
         parts = [
             Part("encoder", "Encoder: input -> features for the posterior.", self.model.input, tuple(items)),
-            Part("fc_mu", "Mean of q(z|x).", (flat,), (L.linear(flat, latent, True),), sequential=False),
-            Part("fc_logvar", "Log-variance of q(z|x).", (flat,), (L.linear(flat, latent, True),), sequential=False),
-            Part("fc_decode", "Sampler: z back to the encoder's output size.", (latent,),
-                 (L.linear(latent, flat, True),), sequential=False),
+            Part("fc_mu", "Mean of q(z|x)", (flat,), (L.linear(flat, latent, True),), sequential=False),
+            Part("fc_logvar", "Log-variance of q(z|x)", (flat,), (L.linear(flat, latent, True),), sequential=False),
+            Part("fc_decode", decode_doc, (latent,), (fc_decode,), sequential=False),
             Part("decoder", "Decoder: the encoder transposed, back to the input shape.", (flat,), tuple(decoder)),
         ]
         return self.plan(parts, decoder[-1].out_shape)
 
 
-def _linear_class(b: LinearSpec) -> str:
-    return "ResidualLinearBlock" if b.residual else "GatedLinearBlock" if b.gate else "LinearBlock"
-
-
 class GANBuilder(Builder):
-    """Discriminator from the conv (and mlp) stack, generator from its transposition."""
+    """Discriminator from the conv (and mlp) stack, generator from its transposition.
+
+    When the stack ends in a single value (DCGAN's last 4x4 convolution to one channel), that
+    value is the logit and the generator starts with that layer transposed, from a 1x1 map of
+    latents; otherwise a Linear makes the logit and the generator starts with a Linear
+    projection of z. Every hidden generator layer, the projection included, has the
+    generator's norm and activation (DCGAN: BatchNorm and ReLU)."""
 
     def build(self) -> Plan:
-        enc = self.encoder()
+        enc = self.stack.encoder()
         start = enc.out_shape
         latent = self.model.latent
-        assert latent is not None
+        gen = self.model.generator
+        assert latent is not None and gen is not None
+        hidden = Style(gen.norm, gen.activation, gen.negative_slope)
         flat = math.prod(start)
         critic = list(enc.items)
         if len(start) > 1:
             critic.append(L.flatten(start))
-        critic.append(L.linear(flat, 1, True))  # one real/fake logit
-        generator: list[Item] = [L.linear(latent, flat, True)]
-        if len(start) > 1:
-            generator.append(L.unflatten(start))
-        generator += self.mirror(enc, start, name="generator")
+        generator: list[Item] = []
+        if flat == 1:  # the stack's last layer is the logit: transpose it from latents
+            start = (latent, *start[1:])
+            if len(start) > 1:
+                generator.append(L.unflatten(start))
+        else:
+            critic.append(L.linear(flat, 1, True))  # one real/fake logit
+            note = "generator norm, act"
+            generator.append(dense("generator.0", latent, flat, hidden, None, note))
+            if len(start) > 1:
+                generator.append(L.unflatten(start))
+        mirror(enc, generator, start, "generator", hidden, Style(activation=self.model.output_activation), self.ndim, self.model.input)
         parts = [
             Part("generator", "Generator: latent z -> a sample shaped like the data (the discriminator transposed).",
                  (latent,), tuple(generator)),

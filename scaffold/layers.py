@@ -1,45 +1,94 @@
-"""Layers: one torch layer each, with its output shape and parameter count.
+"""Layers: one torch layer each, as an operation with its arguments, its output shape and
+its parameter count.
 
 Shapes are per sample (no batch dimension). The formulas are torch's own:
 
 * Conv / pooling:  out = floor((in + 2p - d(k-1) - 1) / s) + 1
 * ConvTranspose:   out = (in - 1)s - 2p + d(k-1) + output_padding + 1
 
-A :class:`Layer` knows how to write itself as a torch constructor call
-(``nn.Conv2d(1, 32, kernel_size=3, stride=2, padding=1)``); that string is what
-the template puts in the generated model. Nothing here imports torch.
+A :class:`Layer` holds data (``op="Conv2d"``, ``args=(1, 32, ("kernel_size", 3))``); the
+template, ``scaffold show`` and the tests all format that same data with :func:`call`.
+Nothing here imports torch.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any, Union
 
 Shape = tuple[int, ...]
 
-ACTIVATION_CODE = {
-    "relu": "nn.ReLU()",
-    "leaky_relu": "nn.LeakyReLU(0.01)",
-    "gelu": "nn.GELU()",
-    "silu": "nn.SiLU()",
-    "elu": "nn.ELU()",
-    "tanh": "nn.Tanh()",
-    "sigmoid": "nn.Sigmoid()",
-    "softmax": "nn.Softmax(dim=1)",
-    "log_softmax": "nn.LogSoftmax(dim=1)",
+
+class Code(str):
+    """An argument that is Python code, written as is (``nn.BatchNorm2d``), not quoted."""
+
+
+Value = Union[int, float, bool, str, tuple, None, Code]
+Arg = Union[Value, tuple[str, Value]]  # a positional value, or (keyword, value)
+
+# Activation name -> (torch class, positional arguments).
+ACTIVATIONS = {
+    "relu": "ReLU",
+    "leaky_relu": "LeakyReLU",
+    "gelu": "GELU",
+    "silu": "SiLU",
+    "elu": "ELU",
+    "tanh": "Tanh",
+    "sigmoid": "Sigmoid",
+    "softmax": "Softmax",
+    "log_softmax": "LogSoftmax",
 }
+DEFAULT_SLOPE = 0.01  # torch's LeakyReLU default
+
+
+def fmt_value(value: Value) -> str:
+    if isinstance(value, Code):
+        return str(value)
+    if isinstance(value, tuple):
+        return "(" + ", ".join(map(fmt_value, value)) + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, str):
+        return '"' + value + '"'
+    return repr(value)
+
+
+def fmt_args(args: tuple[Arg, ...], short: dict[str, str] | None = None) -> str:
+    """Constructor arguments: positional values, then keyword=value pairs."""
+    out = []
+    for arg in args:
+        if isinstance(arg, tuple) and len(arg) == 2 and isinstance(arg[0], str) and not isinstance(arg[0], Code):
+            key = short.get(arg[0], arg[0]) if short else arg[0]
+            out.append(f"{key}={fmt_value(arg[1])}")
+        else:
+            out.append(fmt_value(arg))
+    return ", ".join(out)
+
+
+def call(op: str, args: tuple[Arg, ...], prefix: str = "", short: dict[str, str] | None = None) -> str:
+    """``nn.Conv2d(1, 32, kernel_size=3)`` from ("Conv2d", (1, 32, ("kernel_size", 3)))."""
+    return f"{prefix}{op}({fmt_args(args, short)})"
 
 
 @dataclass(frozen=True)
 class Layer:
-    """One torch layer: the code that builds it, its output shape and parameter count."""
+    """One torch layer: its attribute name, torch class, arguments, output shape and size."""
 
-    role: str  # attribute name inside its block: conv, norm, act, pool, up, drop, linear...
-    op: str  # torch class name, e.g. Conv2d
-    code: str  # constructor call, e.g. "nn.Conv2d(1, 32, kernel_size=3)"
+    role: str  # attribute name inside its block: conv, norm, act, pool, up, drop, fc...
+    op: str  # torch class name, e.g. Conv2d (or a class of the generated model: Scale)
+    args: tuple[Arg, ...]
     out_shape: Shape
     params: int = 0
     is_block = False
+
+    @property
+    def torch_class(self) -> bool:
+        """False for the small modules the generated model defines itself (Scale, Gate)."""
+        return self.op not in ("Scale", "Gate")
+
+    @property
+    def code(self) -> str:
+        """The constructor call as the generated model writes it."""
+        return call(self.op, self.args, prefix="nn." if self.torch_class else "")
 
 
 def fmt_shape(shape: Shape, batch: str = "B") -> str:
@@ -52,11 +101,9 @@ def fmt_dims(shape: Shape) -> str:
     return " x ".join(map(str, shape))
 
 
-def _arg(values: tuple[int, ...]) -> str:
+def arg(values: tuple[int, ...]) -> int | tuple[int, ...]:
     """A scalar when all values agree (torch broadcasts it), else a tuple."""
-    if len(set(values)) == 1:
-        return str(values[0])
-    return "(" + ", ".join(map(str, values)) + ")"
+    return values[0] if len(set(values)) == 1 else tuple(values)
 
 
 def conv_out(size: int, k: int, s: int, p: int, d: int = 1) -> int:
@@ -77,152 +124,132 @@ def conv_arithmetic(size: int, k: int, s: int, p: int, d: int) -> str:
 # --------------------------------------------------------------------------- constructors
 
 
-def linear(in_features: int, out_features: int, bias: bool) -> Layer:
-    args = f"{in_features}, {out_features}" + ("" if bias else ", bias=False")
+def _kw(name: str, value: Any, default: Any) -> tuple[tuple[str, Any], ...]:
+    """A keyword argument, left out when it equals torch's default."""
+    return () if value == default else ((name, value),)
+
+
+def linear(in_features: int, out_features: int, bias: bool, role: str = "fc") -> Layer:
     params = in_features * out_features + (out_features if bias else 0)
-    return Layer("linear", "Linear", f"nn.Linear({args})", (out_features,), params)
+    args = (in_features, out_features, *_kw("bias", bias, True))
+    return Layer(role, "Linear", args, (out_features,), params)
 
 
-def _conv_args(
-    in_channels: int,
-    out_channels: int,
-    kernel: tuple[int, ...],
-    stride: tuple[int, ...],
-    padding: tuple[int, ...],
-    dilation: tuple[int, ...],
-    bias: bool,
-    output_padding: tuple[int, ...] = (),
-) -> str:
-    """Constructor arguments of a (transposed) convolution, leaving out torch's defaults."""
-    args = [str(in_channels), str(out_channels), f"kernel_size={_arg(kernel)}"]
-    if any(s != 1 for s in stride):
-        args.append(f"stride={_arg(stride)}")
-    if any(padding):
-        args.append(f"padding={_arg(padding)}")
-    if any(output_padding):
-        args.append(f"output_padding={_arg(output_padding)}")
-    if any(d != 1 for d in dilation):
-        args.append(f"dilation={_arg(dilation)}")
-    if not bias:
-        args.append("bias=False")
-    return ", ".join(args)
+@dataclass(frozen=True)
+class ConvGeometry:
+    """Kernel, stride, padding and dilation of a conv, one value per spatial dimension."""
+
+    kernel: tuple[int, ...]
+    stride: tuple[int, ...]
+    padding: tuple[int, ...]
+    dilation: tuple[int, ...]
+
+    def out(self, spatial: Shape) -> Shape:
+        return tuple(
+            conv_out(n, k, s, p, d)
+            for n, k, s, p, d in zip(spatial, self.kernel, self.stride, self.padding, self.dilation)
+        )
+
+    def transpose_out(self, spatial: Shape, output_padding: tuple[int, ...]) -> Shape:
+        return tuple(
+            conv_transpose_out(n, k, s, p, d, o)
+            for n, k, s, p, d, o in zip(
+                spatial, self.kernel, self.stride, self.padding, self.dilation, output_padding
+            )
+        )
+
+    def block_args(self, output_padding: tuple[int, ...] = ()) -> tuple[Arg, ...]:
+        """A block's geometry arguments: the kernel size positional, as in torchvision."""
+        kernel, *rest = self.kwargs(output_padding)
+        return (kernel[1], *rest)
+
+    def kwargs(self, output_padding: tuple[int, ...] = ()) -> tuple[tuple[str, Any], ...]:
+        """Keyword arguments that differ from torch's defaults (kernel_size is always given)."""
+        ones = (1,) * len(self.kernel)
+        return (
+            ("kernel_size", arg(self.kernel)),
+            *_kw("stride", arg(self.stride), arg(ones)),
+            *_kw("padding", arg(self.padding), 0),
+            *(_kw("output_padding", arg(output_padding), 0) if output_padding else ()),
+            *_kw("dilation", arg(self.dilation), arg(ones)),
+        )
 
 
-def conv(
-    ndim: int,
-    in_shape: Shape,
-    out_channels: int,
-    kernel: tuple[int, ...],
-    stride: tuple[int, ...],
-    padding: tuple[int, ...],
-    dilation: tuple[int, ...],
-    bias: bool,
-) -> Layer:
-    spatial = tuple(
-        conv_out(n, k, s, p, d) for n, k, s, p, d in zip(in_shape[1:], kernel, stride, padding, dilation)
-    )
-    args = _conv_args(in_shape[0], out_channels, kernel, stride, padding, dilation, bias)
-    params = out_channels * in_shape[0] * math.prod(kernel) + (out_channels if bias else 0)
-    op = f"Conv{ndim}d"
-    return Layer("conv", op, f"nn.{op}({args})", (out_channels, *spatial), params)
+def conv(ndim: int, in_shape: Shape, out_channels: int, g: ConvGeometry, bias: bool, role: str = "conv") -> Layer:
+    spatial = g.out(in_shape[1:])
+    params = out_channels * in_shape[0] * math.prod(g.kernel) + (out_channels if bias else 0)
+    args = (in_shape[0], out_channels, *g.kwargs(), *_kw("bias", bias, True))
+    return Layer(role, f"Conv{ndim}d", args, (out_channels, *spatial), params)
 
 
 def conv_transpose(
     ndim: int,
     in_shape: Shape,
     out_channels: int,
-    kernel: tuple[int, ...],
-    stride: tuple[int, ...],
-    padding: tuple[int, ...],
-    dilation: tuple[int, ...],
+    g: ConvGeometry,
     output_padding: tuple[int, ...],
     bias: bool,
+    role: str = "conv",
 ) -> Layer:
-    spatial = tuple(
-        conv_transpose_out(n, k, s, p, d, op)
-        for n, k, s, p, d, op in zip(in_shape[1:], kernel, stride, padding, dilation, output_padding)
-    )
-    args = _conv_args(in_shape[0], out_channels, kernel, stride, padding, dilation, bias, output_padding)
-    params = in_shape[0] * out_channels * math.prod(kernel) + (out_channels if bias else 0)
-    op = f"ConvTranspose{ndim}d"
-    return Layer("conv", op, f"nn.{op}({args})", (out_channels, *spatial), params)
+    spatial = g.transpose_out(in_shape[1:], output_padding)
+    params = in_shape[0] * out_channels * math.prod(g.kernel) + (out_channels if bias else 0)
+    args = (in_shape[0], out_channels, *g.kwargs(output_padding), *_kw("bias", bias, True))
+    return Layer(role, f"ConvTranspose{ndim}d", args, (out_channels, *spatial), params)
 
 
-def pool(ndim: int, in_shape: Shape, kind: str, kernel: tuple[int, ...], stride: tuple[int, ...],
-         padding: tuple[int, ...]) -> Layer:
+def pool(ndim: int, in_shape: Shape, kind: str, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]) -> Layer:
     spatial = tuple(conv_out(n, k, s, p) for n, k, s, p in zip(in_shape[1:], kernel, stride, padding))
     op = f"{'Max' if kind == 'max' else 'Avg'}Pool{ndim}d"
-    args = [f"kernel_size={_arg(kernel)}"]
-    if stride != kernel:
-        args.append(f"stride={_arg(stride)}")
-    if any(padding):
-        args.append(f"padding={_arg(padding)}")
-    return Layer("pool", op, f"nn.{op}({', '.join(args)})", (in_shape[0], *spatial))
+    args = (arg(kernel), *(() if stride == kernel else (("stride", arg(stride)),)), *_kw("padding", arg(padding), 0))
+    return Layer("pool", op, args, (in_shape[0], *spatial))
 
 
 def upsample(in_shape: Shape, size: tuple[int, ...]) -> Layer:
     """Undo a pooling layer: nearest-neighbour upsampling to the exact recorded size."""
-    size_arg = f"({size[0]},)" if len(size) == 1 else "(" + ", ".join(map(str, size)) + ")"
-    return Layer("up", "Upsample", f'nn.Upsample(size={size_arg}, mode="nearest")', (in_shape[0], *size))
+    return Layer("up", "Upsample", (("size", tuple(size)),), (in_shape[0], *size))
 
 
-def norm(kind: str, shape: Shape) -> Layer:
+def norm_op(kind: str, ndim: int) -> str:
+    """The torch class of a norm over channels (BatchNorm{n}d) or features (LayerNorm)."""
+    return "LayerNorm" if kind == "layer" else f"BatchNorm{max(ndim, 1)}d"
+
+
+def norm(kind: str, shape: Shape, role: str = "norm") -> Layer:
     """BatchNorm over channels (or features), or LayerNorm over features."""
-    channels = shape[0]
-    if kind == "layer":
-        return Layer("norm", "LayerNorm", f"nn.LayerNorm({channels})", shape, 2 * channels)
-    ndim = max(len(shape) - 1, 1)
-    op = f"BatchNorm{ndim}d"
-    return Layer("norm", op, f"nn.{op}({channels})", shape, 2 * channels)
+    return Layer(role, norm_op(kind, len(shape) - 1), (shape[0],), shape, 2 * shape[0])
 
 
-def activation(name: str, shape: Shape) -> Layer:
-    code = ACTIVATION_CODE[name]
-    return Layer("act", code[3 : code.index("(")], code, shape)
+def activation(name: str, shape: Shape, slope: float = DEFAULT_SLOPE) -> Layer:
+    return Layer("act", ACTIVATIONS[name], activation_args(name, slope), shape)
+
+
+def activation_args(name: str, slope: float = DEFAULT_SLOPE) -> tuple[Arg, ...]:
+    if name == "leaky_relu" and slope != DEFAULT_SLOPE:
+        return (slope,)
+    if name in ("softmax", "log_softmax"):
+        return (("dim", 1),)
+    return ()
+
+
+def activation_layer(name: str, slope: float = DEFAULT_SLOPE) -> Code:
+    """What a block's ``act_layer=`` argument is: a class, or a partial with its arguments."""
+    args = activation_args(name, slope)
+    op = ACTIVATIONS[name]
+    return Code(f"partial(nn.{op}, {fmt_args(args)})" if args else f"nn.{op}")
 
 
 def dropout(p: float, shape: Shape) -> Layer:
-    return Layer("drop", "Dropout", f"nn.Dropout(p={p!r})", shape)
+    return Layer("drop", "Dropout", (p,), shape)
 
 
 def flatten(in_shape: Shape) -> Layer:
-    return Layer("flatten", "Flatten", "nn.Flatten()", (math.prod(in_shape),))
+    return Layer("flatten", "Flatten", (), (math.prod(in_shape),))
 
 
 def unflatten(shape: Shape) -> Layer:
-    return Layer("unflatten", "Unflatten", f"nn.Unflatten(1, ({', '.join(map(str, shape))}))", shape)
+    return Layer("unflatten", "Unflatten", (1, tuple(shape)), shape)
 
 
 def scale(shape: Shape) -> Layer:
     """A learnable per-feature scale (an nn.Parameter of ones), defined in the generated model."""
-    return Layer("scale", "Scale", f"Scale({shape[0]})", shape, shape[0])
-
-
-def linear_shortcut(in_features: int, out_features: int) -> Layer:
-    """Projection for a residual linear block whose width changes."""
-    return Layer(
-        "shortcut", "Linear", f"nn.Linear({in_features}, {out_features}, bias=False)", (out_features,),
-        in_features * out_features,
-    )
-
-
-def conv_shortcut(ndim: int, in_shape: Shape, out_shape: Shape, stride: tuple[int, ...], with_norm: bool) -> Layer:
-    """1x1 projection (torchvision's downsample) for a residual conv block that changes shape."""
-    conv_layer = conv(ndim, in_shape, out_shape[0], (1,) * ndim, stride, (0,) * ndim, (1,) * ndim, bias=not with_norm)
-    assert conv_layer.out_shape == out_shape, (conv_layer.out_shape, out_shape)
-    return _sequential_shortcut(conv_layer, out_shape, with_norm)
-
-
-def conv_transpose_shortcut(ndim: int, in_shape: Shape, out_shape: Shape, stride: tuple[int, ...], with_norm: bool) -> Layer:
-    """1x1 transposed projection for a mirrored residual block, landing on out_shape exactly."""
-    output_padding = tuple(want - conv_transpose_out(have, 1, s, 0, 1, 0) for want, have, s in zip(out_shape[1:], in_shape[1:], stride))
-    layer = conv_transpose(ndim, in_shape, out_shape[0], (1,) * ndim, stride, (0,) * ndim, (1,) * ndim, output_padding, bias=not with_norm)
-    assert layer.out_shape == out_shape, (layer.out_shape, out_shape)
-    return _sequential_shortcut(layer, out_shape, with_norm)
-
-
-def _sequential_shortcut(layer: Layer, out_shape: Shape, with_norm: bool) -> Layer:
-    if not with_norm:
-        return Layer("shortcut", layer.op, layer.code, out_shape, layer.params)
-    bn = norm("batch", out_shape)
-    return Layer("shortcut", "Sequential", f"nn.Sequential({layer.code}, {bn.code})", out_shape, layer.params + bn.params)
+    return Layer("scale", "Scale", (shape[0],), shape, shape[0])

@@ -12,29 +12,32 @@ from dataclasses import dataclass, field
 from typing import Union
 
 from scaffold.errors import SpecWarning
-from scaffold.layers import Layer, Shape, fmt_dims, fmt_shape
+from scaffold.layers import Arg, Layer, Shape, call, fmt_dims, fmt_shape
 from scaffold.spec import HeadSpec, TrainSpec
 
-# Block classes the generated model.py defines (see the template).
+# Block classes the generated model.py defines (see the template), in definition order.
 BLOCK_CLASSES = (
     "LinearBlock",
-    "GatedLinearBlock",
     "ResidualLinearBlock",
     "ConvBlock",
     "ResidualConvBlock",
     "UpBlock",
     "ResidualUpBlock",
 )
+# Small modules of the generated model.py besides the blocks.
+HELPER_CLASSES = ("Gate", "Scale")
 
 
 @dataclass(frozen=True)
 class Block:
-    """A reusable block: a main layer plus optional norm / activation / pool / dropout."""
+    """A block of the generated model: its class, constructor arguments, and the layers
+    that constructor builds (named as the class names them)."""
 
     cls: str  # one of BLOCK_CLASSES
-    where: str  # spec location, e.g. "model.conv[1]", or "decoder[0]" for a mirrored block
+    where: str  # spec location ("model.conv[1]"), or the module path of a derived block
     in_shape: Shape
     layers: tuple[Layer, ...]
+    args: tuple[Arg, ...] = ()
     note: str = ""  # e.g. "mirrors model.conv[1]"
     is_block = True
 
@@ -44,7 +47,15 @@ class Block:
 
     @property
     def params(self) -> int:
-        return sum(layer.params for layer in self.layers)
+        return sum(layer.params for layer in self.layers if "." not in layer.role)
+
+    @property
+    def code(self) -> str:
+        return call(self.cls, self.args)
+
+    def top_layers(self) -> tuple[Layer, ...]:
+        """The block's direct children (a projection shortcut counts once)."""
+        return tuple(layer for layer in self.layers if "." not in layer.role)
 
 
 Item = Union[Block, Layer]
@@ -97,7 +108,7 @@ class Plan:
     def class_name(self) -> str:
         """CamelCase model class name from the project name (conv-vae -> ConvVae)."""
         name = "".join(word.capitalize() for word in self.project.replace("-", "_").split("_"))
-        return name + "Model" if name in BLOCK_CLASSES + ("Scale",) else name
+        return name + "Model" if name in BLOCK_CLASSES + HELPER_CLASSES else name
 
     @property
     def ndim(self) -> int:
@@ -127,99 +138,127 @@ class Plan:
         return [cls for cls in BLOCK_CLASSES if cls in used]
 
     def layer_ops(self) -> set[str]:
-        ops = set()
-        for part in self.parts:
-            for item in part.items:
-                for layer in item.layers if isinstance(item, Block) else (item,):
-                    ops.add(layer.op)
-        return ops
+        return {layer.op for _, layer, _ in self.layers()}
 
-    def module_shapes(self) -> list[tuple[str, Shape]]:
-        """(module path in named_modules(), output shape) for every layer of the model.
+    @property
+    def uses_partial(self) -> bool:
+        """Whether a block's act_layer is a functools.partial (a LeakyReLU slope, a dim)."""
+        return any(
+            isinstance(arg, tuple) and str(arg[1]).startswith("partial(")
+            for _, _, item in self.items()
+            if isinstance(item, Block)
+            for arg in item.args
+        )
 
-        The paths follow the generated code: parts are attributes, sequential
-        items are numbered, layers inside a block are attributes named by role.
-        """
-        rows: list[tuple[str, Shape]] = []
+    def block_kwargs(self, cls: str) -> set[str]:
+        """The keyword arguments the model passes to a block class (its optional features)."""
+        return {
+            arg[0]
+            for _, _, item in self.items()
+            if isinstance(item, Block) and item.cls == cls
+            for arg in item.args
+            if isinstance(arg, tuple) and len(arg) == 2 and isinstance(arg[0], str)
+        }
+
+    @property
+    def logits_output(self) -> bool:
+        """A reconstruction model whose decoder ends in a sigmoid returns logits from forward
+        (the loss is BCE-with-logits, safe under bf16); decode/reconstruct apply the sigmoid."""
+        return self.kind in ("autoencoder", "vae") and self.output_activation == "sigmoid"
+
+    def items(self) -> list[tuple[str, Part, Item]]:
+        """(module path, part, item) for every item of every part, in forward order."""
+        rows = []
         for part in self.parts:
             if not part.sequential:
-                rows.append((part.name, part.out_shape))
+                rows.append((part.name, part, part.items[0]))
                 continue
-            for i, item in part.named_items():
-                if isinstance(item, Block):
-                    for layer in item.layers:
-                        path = f"{part.name}.{i}.{layer.role}"
-                        rows.append((path, layer.out_shape))
-                        if layer.op == "Sequential":  # a projection shortcut: conv, then norm
-                            rows += [(f"{path}.0", layer.out_shape), (f"{path}.1", layer.out_shape)]
-                    rows.append((f"{part.name}.{i}", item.out_shape))
-                else:
-                    rows.append((f"{part.name}.{i}", item.out_shape))
+            rows += [(f"{part.name}.{key}", part, item) for key, item in part.named_items()]
+        return rows
+
+    def layers(self) -> list[tuple[str, Layer, Item]]:
+        """(module path, layer, the item it belongs to) for every torch layer of the model."""
+        rows = []
+        for path, _, item in self.items():
+            if isinstance(item, Block):
+                rows += [(f"{path}.{layer.role}", layer, item) for layer in item.layers]
+            else:
+                rows.append((path, item, item))
+        return rows
+
+    def module_shapes(self) -> list[tuple[str, Shape]]:
+        """(module path in named_modules(), output shape) for every layer and block of the model.
+
+        The paths follow the generated code: parts are attributes, sequential items are
+        numbered (or keyed in a ModuleDict), layers inside a block are attributes named by role.
+        """
+        rows: list[tuple[str, Shape]] = []
+        for path, _, item in self.items():
+            if isinstance(item, Block):
+                rows += [(f"{path}.{layer.role}", layer.out_shape) for layer in item.layers]
+            rows.append((path, item.out_shape))
         return rows
 
     @property
     def num_layers(self) -> int:
-        return sum(len(item.layers) if isinstance(item, Block) else 1 for part in self.parts for item in part.items)
+        return sum(1 for _, layer, _ in self.layers() if layer.op != "Sequential")
 
     def summary(self) -> str:
         """One line: what the model maps to what, and its size."""
         return (
-            f"{self.project}: {self.kind}, {fmt_shape(self.input_shape)} -> {fmt_shape(self.output_shape)}, "
-            f"{self.num_layers} layers, {self.params:,} parameters"
+            f"{self.project}: {self.kind}, {fmt_shape(self.input_shape)} -> "
+            f"{fmt_shape(self.output_shape)}, {self.num_layers} layers, {self.params:,} parameters"
         )
 
 
+# Shorter keyword names for the `show` table.
+SHORT_KEYWORDS = {
+    "kernel_size": "k",
+    "stride": "s",
+    "padding": "p",
+    "output_padding": "op",
+    "dilation": "d",
+}
+
+
 def format_table(plan: Plan, width: int = 100) -> str:
-    """The `scaffold show` table: index, block, layer, output shape, params; totals."""
-    rows: list[tuple[str, str, str, str, str]] = []
-    index = 0
-    rows.append(("", "input", "", fmt_shape(plan.input_shape), ""))
-    for part in plan.parts:
-        for item in part.items:
-            layers = item.layers if isinstance(item, Block) else (item,)
-            where = item.where if isinstance(item, Block) else part.name
-            if not part.sequential:
-                where = part.name
-            for j, layer in enumerate(layers):
-                rows.append(
-                    (
-                        str(index),
-                        where if j == 0 else "",
-                        _short(layer.code),
-                        fmt_shape(layer.out_shape),
-                        f"{layer.params:,}" if layer.params else "-",
-                    )
-                )
-                index += 1
-    header = ("#", "block", "layer", "output shape", "params")
+    """The `scaffold show` table: module path, spec location, layer, output shape, params.
+
+    Rows are named by module path (`features.0.conv`), the names of model.py, state dicts,
+    `--freeze` and fine-tuning; the spec column says which spec entry made each block."""
+    rows: list[tuple[str, str, str, str, str]] = [("input", "", "", fmt_shape(plan.input_shape), "")]
+    for path, _, item in plan.items():
+        if isinstance(item, Block):
+            source = item.note or item.where
+            rows.append((path, source, item.cls, fmt_shape(item.out_shape), _count(item.params)))
+            for layer in item.layers:
+                if layer.op == "Sequential":
+                    continue
+                layer_path = f"{path}.{layer.role}"
+                shown = call(layer.op, layer.args, short=SHORT_KEYWORDS)
+                rows.append(("  " + layer_path, "", shown, fmt_shape(layer.out_shape), _count(layer.params)))
+        else:
+            shown = call(item.op, item.args, short=SHORT_KEYWORDS)
+            rows.append((path, "", shown, fmt_shape(item.out_shape), _count(item.params)))
+    header = ("module", "from spec", "layer", "output shape", "params")
     fixed = [max(len(r[i]) for r in rows + [header]) for i in range(5)]
-    # the layer column absorbs what is left of the width
-    room = width - (fixed[0] + fixed[1] + fixed[3] + fixed[4] + 8)
+    room = width - (fixed[0] + fixed[1] + fixed[3] + fixed[4] + 8)  # the layer column gets the rest
     fixed[2] = max(12, min(fixed[2], room))
-    lines = [_row(header, fixed), _row(tuple("-" * w for w in fixed), fixed)]
+    rule = tuple("-" * w for w in fixed)
+    lines = [_row(header, fixed), _row(rule, fixed)]
     lines += [_row((r[0], r[1], _clip(r[2], fixed[2]), r[3], r[4]), fixed) for r in rows]
-    lines.append(_row(tuple("-" * w for w in fixed), fixed))
-    lines.append(f"total: {plan.params:,} parameters ({plan.params * 4 / 2**20:.2f} MiB as float32)")
+    lines.append(_row(rule, fixed))
+    frozen = sum(part.params for part in plan.parts if part.name in plan.train.freeze)
+    lines.append(
+        f"total: {plan.params:,} parameters ({plan.params * 4 / 2**20:.2f} MiB as float32): "
+        f"{plan.params - frozen:,} trainable, {frozen:,} frozen"
+    )
     lines.append(f"input {fmt_dims(plan.input_shape)} -> output {fmt_dims(plan.output_shape)}")
     return "\n".join(line.rstrip() for line in lines)
 
 
-_ABBREVIATIONS = (
-    ("output_padding=", "op="),
-    ("kernel_size=", "k="),
-    ("stride=", "s="),
-    ("padding=", "p="),
-    ("dilation=", "d="),
-    (', mode="nearest"', ""),
-)
-
-
-def _short(code: str) -> str:
-    """nn.Conv2d(1, 32, kernel_size=3, stride=2) -> Conv2d(1, 32, k=3, s=2)"""
-    code = code[3:] if code.startswith("nn.") else code
-    for long, short in _ABBREVIATIONS:
-        code = code.replace(long, short)
-    return code
+def _count(params: int) -> str:
+    return f"{params:,}" if params else "-"
 
 
 def _clip(text: str, width: int) -> str:
@@ -227,5 +266,8 @@ def _clip(text: str, width: int) -> str:
 
 
 def _row(cells: tuple[str, ...], widths: list[int]) -> str:
-    idx, block, layer, shape, params = cells
-    return f"{idx:>{widths[0]}}  {block:<{widths[1]}}  {layer:<{widths[2]}}  {shape:<{widths[3]}}  {params:>{widths[4]}}"
+    path, source, layer, shape, params = cells
+    return (
+        f"{path:<{widths[0]}}  {source:<{widths[1]}}  {layer:<{widths[2]}}  "
+        f"{shape:<{widths[3]}}  {params:>{widths[4]}}"
+    )

@@ -16,11 +16,12 @@ import stat
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
 from scaffold.errors import SpecError, did_you_mean
+from scaffold.layers import DEFAULT_SLOPE
 
 MAX_SPEC_BYTES = 256 * 1024
 MAX_SIZE = 1_000_000  # upper bound for any channel, feature, or input size
@@ -49,40 +50,12 @@ LINEAR_NORMS = ("none", "batch", "layer")
 CONV_NORMS = ("none", "batch")
 POOL_KINDS = ("max", "avg")
 OPTIMIZERS = ("adamw", "adam", "sgd")
+WEIGHT_DECAY = {"adamw": 0.01, "adam": 0.0, "sgd": 0.0}  # default per optimizer
 SCHEDULERS = ("cosine", "none")
 DECODERS = ("mirror",)
 
-# Keys a block may set; `defaults:` may set any key shared by some block kind.
-LINEAR_KEYS = (
-    "features",
-    "in_features",
-    "bias",
-    "norm",
-    "activation",
-    "dropout",
-    "residual",
-    "gate",
-    "scale",
-)
-CONV_KEYS = (
-    "channels",
-    "in_channels",
-    "kernel",
-    "stride",
-    "padding",
-    "dilation",
-    "bias",
-    "norm",
-    "activation",
-    "pool",
-    "dropout",
-    "residual",
-)
-DEFAULT_KEYS = tuple(
-    k
-    for k in dict.fromkeys(CONV_KEYS + LINEAR_KEYS)
-    if k not in ("channels", "in_channels", "features", "in_features", "residual", "gate", "scale")
-)
+# Keys a block may set are declared once, with their checks and defaults, in BLOCK_KEYS
+# (below the checkers); CONV_KEYS, LINEAR_KEYS and DEFAULT_KEYS are derived from it.
 MODEL_KEYS = (
     "kind",
     "input",
@@ -93,7 +66,9 @@ MODEL_KEYS = (
     "decoder",
     "output_activation",
     "heads",
+    "generator",
 )
+GENERATOR_KEYS = ("norm", "activation", "negative_slope")
 TRAIN_KEYS = (
     "task",
     "epochs",
@@ -135,9 +110,10 @@ class ConvSpec:
     stride: tuple[int, ...]
     padding: tuple[int, ...]
     dilation: tuple[int, ...]
-    bias: bool
+    bias: bool | None  # None: none before a BatchNorm, else one
     norm: str
     activation: str
+    negative_slope: float
     pool: Pool | None
     dropout: float
     residual: bool = False
@@ -148,9 +124,10 @@ class LinearSpec:
     where: str
     features: int
     in_features: int | None
-    bias: bool
+    bias: bool | None  # None: none before a BatchNorm, else one
     norm: str
     activation: str
+    negative_slope: float
     dropout: float
     residual: bool = False
     gate: bool = False
@@ -169,6 +146,15 @@ class HeadSpec:
 
 
 @dataclass(frozen=True)
+class GeneratorSpec:
+    """A GAN generator's hidden layers (DCGAN: BatchNorm and ReLU on every one)."""
+
+    norm: str = "batch"
+    activation: str = "relu"
+    negative_slope: float = 0.01
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     kind: str
     input: tuple[int, ...]
@@ -178,6 +164,7 @@ class ModelSpec:
     decoder: str | None
     output_activation: str
     heads: tuple[HeadSpec, ...] = ()
+    generator: GeneratorSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -187,7 +174,7 @@ class TrainSpec:
     batch_size: int = 64
     optimizer: str = "adamw"
     lr: float = 1e-3
-    weight_decay: float = 0.01
+    weight_decay: float = WEIGHT_DECAY["adamw"]
     momentum: float = 0.9
     scheduler: str = "cosine"
     beta: float = 1.0
@@ -461,35 +448,102 @@ def _pool(value: Any, where: str, ndim: int) -> Pool | None:
     return Pool(kind, kernel, stride, padding)
 
 
-def _merged(block: Any, defaults: dict[str, Any], allowed: tuple[str, ...], where: str,
-            what: str, example: str) -> dict[str, Any]:
+# --------------------------------------------------------------------------- block keys
+
+
+REQUIRED = object()  # a key without a default
+
+
+@dataclass(frozen=True)
+class Key:
+    """One key a block can set: the blocks it applies to, its default, its check."""
+
+    name: str
+    blocks: tuple[str, ...]  # "conv", "mlp"
+    default: Any
+    check: Callable[[Any, str, int, str], Any]  # (value, where, ndim, block) -> checked value
+    in_defaults: bool = True  # may `defaults:` set it?
+
+
+def _size(value: Any, where: str, ndim: int, block: str) -> int:
+    return as_int(value, where)
+
+
+def _geometry(lo: int) -> Callable[[Any, str, int, str], tuple[int, ...]]:
+    def check(value: Any, where: str, ndim: int, block: str) -> tuple[int, ...]:
+        if isinstance(value, list) and ndim == 0:  # a default that only conv blocks would use
+            return tuple(as_int(v, f"{where}[{i}]", lo, MAX_KERNEL) for i, v in enumerate(value))
+        return as_tuple(value, where, max(ndim, 1), lo)
+
+    return check
+
+
+def _norm(value: Any, where: str, ndim: int, block: str) -> str:
+    choices = {"conv": CONV_NORMS, "mlp": LINEAR_NORMS}.get(block, tuple(dict.fromkeys(LINEAR_NORMS + CONV_NORMS)))
+    return as_choice(value, where, choices)
+
+
+def _flag(value: Any, where: str, ndim: int, block: str) -> bool:
+    return as_bool(value, where)
+
+
+BLOCK_KEYS = (
+    Key("channels", ("conv",), REQUIRED, _size, in_defaults=False),
+    Key("in_channels", ("conv",), None, _size, in_defaults=False),
+    Key("features", ("mlp",), REQUIRED, _size, in_defaults=False),
+    Key("in_features", ("mlp",), None, _size, in_defaults=False),
+    Key("kernel", ("conv",), 3, _geometry(1)),
+    Key("stride", ("conv",), 1, _geometry(1)),
+    Key("padding", ("conv",), 0, _geometry(0)),
+    Key("dilation", ("conv",), 1, _geometry(1)),
+    Key("bias", ("conv", "mlp"), None, _flag),
+    Key("norm", ("conv", "mlp"), "none", _norm),
+    Key("activation", ("conv", "mlp"), "none", lambda v, w, n, b: as_choice(v, w, ACTIVATIONS)),
+    Key("negative_slope", ("conv", "mlp"), DEFAULT_SLOPE, lambda v, w, n, b: as_float(v, w, 0.0, 1.0)),
+    Key("pool", ("conv",), None, lambda v, w, n, b: _pool(v, w, max(n, 1))),
+    Key("dropout", ("conv", "mlp"), 0.0, lambda v, w, n, b: as_float(v, w, 0.0, 1.0, hi_open=True)),
+    Key("residual", ("conv", "mlp"), False, _flag, in_defaults=False),
+    Key("gate", ("mlp",), False, _flag, in_defaults=False),
+    Key("scale", ("mlp",), False, _flag, in_defaults=False),
+)
+KEYS = {key.name: key for key in BLOCK_KEYS}
+CONV_KEYS = tuple(k.name for k in BLOCK_KEYS if "conv" in k.blocks)
+LINEAR_KEYS = tuple(k.name for k in BLOCK_KEYS if "mlp" in k.blocks)
+DEFAULT_KEYS = tuple(k.name for k in BLOCK_KEYS if k.in_defaults)
+# Built-in defaults of a GAN's discriminator (DCGAN: BatchNorm, LeakyReLU with slope 0.2;
+# no BatchNorm on its input layer). `defaults:` and the blocks override them.
+GAN_DEFAULTS = {"norm": "batch", "activation": "leaky_relu", "negative_slope": 0.2}
+
+
+def _checked_block(
+    block: Any, defaults: dict[str, Any], kind: str, where: str, ndim: int, what: str, example: str
+) -> dict[str, Any]:
+    """A block's keys checked one by one: its own value, else the default's, else the key's."""
     block = as_mapping(block, where, example)
-    check_keys(block, allowed, where, what)
+    allowed = CONV_KEYS if kind == "conv" else LINEAR_KEYS
+    check_keys(block, allowed, where, ("an " if what.startswith("mlp") else "a ") + what)
     merged = {k: v for k, v in defaults.items() if k in allowed}
     merged.update(block)
-    return merged
+    values = {}
+    for name in allowed:
+        key = KEYS[name]
+        if name not in merged:
+            if key.default is REQUIRED:
+                raise SpecError(where, f"missing key `{name}`", f"every {what} needs `{name}:`" + _REQUIRED_WHY[name])
+            default = key.default
+            values[name] = default if default is None else key.check(default, f"{where}.{name}", ndim, kind)
+        else:
+            values[name] = key.check(merged[name], f"{where}.{name}", ndim, kind)
+    return values
+
+
+_REQUIRED_WHY = {"channels": " (its output channels)", "features": " (its output size)"}
 
 
 def check_defaults(defaults: dict[str, Any], ndim: int) -> None:
     """Check every `defaults:` value where it was written, whether or not a block uses it."""
-    for key, value in defaults.items():
-        where = f"model.defaults.{key}"
-        if key in ("kernel", "stride", "dilation", "padding"):
-            lo = 0 if key == "padding" else 1
-            if isinstance(value, list) and ndim == 0:
-                [as_int(v, f"{where}[{i}]", lo, MAX_KERNEL) for i, v in enumerate(value)]
-            else:
-                as_tuple(value, where, max(ndim, 1), lo)
-        elif key == "pool":
-            _pool(value, where, max(ndim, 1))
-        elif key == "norm":
-            as_choice(value, where, tuple(dict.fromkeys(LINEAR_NORMS + CONV_NORMS)))
-        elif key == "activation":
-            as_choice(value, where, ACTIVATIONS)
-        elif key == "dropout":
-            as_float(value, where, 0.0, 1.0, hi_open=True)
-        elif key == "bias":
-            as_bool(value, where)
+    for name, value in defaults.items():
+        KEYS[name].check(value, f"model.defaults.{name}", ndim, "defaults")
 
 
 def _blame_defaults(error: SpecError, where: str, block: Any) -> SpecError:
@@ -509,41 +563,24 @@ def parse_conv(block: Any, where: str, defaults: dict[str, Any], ndim: int) -> C
 
 
 def _parse_conv(block: Any, where: str, defaults: dict[str, Any], ndim: int) -> ConvSpec:
-    b = _merged(block, defaults, CONV_KEYS, where, "a conv block", "`{channels: 16}`")
-    if "channels" not in b:
-        raise SpecError(where, "missing key `channels`", "every conv block needs `channels:` (its output channels)")
-    residual = as_bool(b.get("residual", False), f"{where}.residual")
-    if residual:
+    own = block.get("residual") if isinstance(block, dict) else None
+    if own is True:
         # A residual block keeps its size up to the stride: its padding is "same",
         # whatever `defaults:` say; a padding written on the block itself must agree.
-        kernel = as_tuple(b.get("kernel", 3), f"{where}.kernel", ndim, 1)
-        dilation = as_tuple(b.get("dilation", 1), f"{where}.dilation", ndim, 1)
-        if any(k % 2 == 0 for k in kernel):
-            raise SpecError(f"{where}.kernel", f"a residual block needs an odd kernel, got {list(kernel)}", "use kernel 1, 3, 5 or 7")
-        same = tuple(d * (k - 1) // 2 for k, d in zip(kernel, dilation))
-        own = block.get("padding") if isinstance(block, dict) else None
-        if own is not None and as_tuple(own, f"{where}.padding", ndim, 0) != same:
+        defaults = {k: v for k, v in defaults.items() if k != "padding"}
+    b = _checked_block(block, defaults, "conv", where, ndim, "conv block", "`{channels: 16}`")
+    if b["residual"]:
+        if any(k % 2 == 0 for k in b["kernel"]):
+            raise SpecError(f"{where}.kernel", f"a residual block needs an odd kernel, got {list(b['kernel'])}", "use kernel 1, 3, 5 or 7")
+        same = tuple(d * (k - 1) // 2 for k, d in zip(b["kernel"], b["dilation"]))
+        if "padding" in block and b["padding"] != same:
             raise SpecError(
                 f"{where}.padding",
                 f"a residual block must keep the size of its input (up to the stride), which needs padding {_fmt(same)}",
                 "remove `padding:` from this block (it is set for you) or use that value",
             )
-        b["padding"] = list(same)
-    return ConvSpec(
-        where=where,
-        channels=as_int(b["channels"], f"{where}.channels"),
-        in_channels=as_int(b["in_channels"], f"{where}.in_channels") if "in_channels" in b else None,
-        kernel=as_tuple(b.get("kernel", 3), f"{where}.kernel", ndim, 1),
-        stride=as_tuple(b.get("stride", 1), f"{where}.stride", ndim, 1),
-        padding=as_tuple(b.get("padding", 0), f"{where}.padding", ndim, 0),
-        dilation=as_tuple(b.get("dilation", 1), f"{where}.dilation", ndim, 1),
-        bias=as_bool(b.get("bias", True), f"{where}.bias"),
-        norm=as_choice(b.get("norm", "none"), f"{where}.norm", CONV_NORMS),
-        activation=as_choice(b.get("activation", "none"), f"{where}.activation", ACTIVATIONS),
-        pool=_pool(b.get("pool"), f"{where}.pool", ndim),
-        dropout=as_float(b.get("dropout", 0.0), f"{where}.dropout", 0.0, 1.0, hi_open=True),
-        residual=residual,
-    )
+        b["padding"] = same
+    return ConvSpec(where=where, **b)
 
 
 def parse_linear(block: Any, where: str, defaults: dict[str, Any]) -> LinearSpec:
@@ -554,25 +591,10 @@ def parse_linear(block: Any, where: str, defaults: dict[str, Any]) -> LinearSpec
 
 
 def _parse_linear(block: Any, where: str, defaults: dict[str, Any]) -> LinearSpec:
-    b = _merged(block, defaults, LINEAR_KEYS, where, "an mlp block", "`{features: 64}`")
-    if "features" not in b:
-        raise SpecError(where, "missing key `features`", "every mlp block needs `features:` (its output size)")
-    residual = as_bool(b.get("residual", False), f"{where}.residual")
-    gate = as_bool(b.get("gate", False), f"{where}.gate")
-    if residual and gate:
+    b = _checked_block(block, defaults, "mlp", where, 0, "mlp block", "`{features: 64}`")
+    if b["residual"] and b["gate"]:
         raise SpecError(where, "a block is either `residual` or `gate`d, not both", "remove one of the two keys")
-    return LinearSpec(
-        where=where,
-        features=as_int(b["features"], f"{where}.features"),
-        in_features=as_int(b["in_features"], f"{where}.in_features") if "in_features" in b else None,
-        bias=as_bool(b.get("bias", True), f"{where}.bias"),
-        norm=as_choice(b.get("norm", "none"), f"{where}.norm", LINEAR_NORMS),
-        activation=as_choice(b.get("activation", "none"), f"{where}.activation", ACTIVATIONS),
-        dropout=as_float(b.get("dropout", 0.0), f"{where}.dropout", 0.0, 1.0, hi_open=True),
-        residual=residual,
-        gate=gate,
-        scale=as_bool(b.get("scale", False), f"{where}.scale"),
-    )
+    return LinearSpec(where=where, **b)
 
 
 def _fmt(values: tuple[int, ...]) -> str:
@@ -640,6 +662,10 @@ def parse_model(raw: Any) -> ModelSpec:
         what = "a discriminator" if kind == "gan" else "an encoder"
         raise SpecError("model", f"kind `{kind}` needs {what}: a `conv:` list, an `mlp:` list, or both", "add e.g. `conv: [{channels: 32, stride: 2}]`")
 
+    if kind == "gan":
+        conv_raw = _dcgan_input_layer(conv_raw, defaults)
+        mlp_raw = mlp_raw if conv_raw else _dcgan_input_layer(mlp_raw, defaults)
+        defaults = {**GAN_DEFAULTS, **defaults}
     conv = tuple(parse_conv(b, f"model.conv[{i}]", defaults, ndim) for i, b in enumerate(conv_raw))
     head = kind in ("mlp", "cnn") and not heads
     # `defaults:` describe hidden layers: the output layer of a head (the last
@@ -665,7 +691,32 @@ def parse_model(raw: Any) -> ModelSpec:
         decoder = as_choice(m.get("decoder", "mirror"), "model.decoder", DECODERS)
     default_output = "tanh" if kind == "gan" else "none"  # GAN data are scaled to [-1, 1]
     output_activation = as_choice(m.get("output_activation", default_output), "model.output_activation", ACTIVATIONS)
-    return ModelSpec(kind, shape, conv, mlp, latent, decoder, output_activation, heads)
+    generator = None
+    if "generator" in m and kind != "gan":
+        raise SpecError("model.generator", f"applies to GANs, not kind `{kind}`", "remove `generator:`, or set `kind: gan`")
+    if kind == "gan":
+        generator = _generator(m.get("generator") or {}, "conv" if conv else "mlp")
+    return ModelSpec(kind, shape, conv, mlp, latent, decoder, output_activation, heads, generator)
+
+
+def _dcgan_input_layer(blocks: list[Any], defaults: dict[str, Any]) -> list[Any]:
+    """DCGAN puts no BatchNorm on the discriminator's input layer: unless the first block
+    or `defaults:` set a norm, it gets none."""
+    if blocks and isinstance(blocks[0], dict) and "norm" not in blocks[0] and "norm" not in defaults:
+        return [{**blocks[0], "norm": "none"}, *blocks[1:]]
+    return blocks
+
+
+def _generator(raw: Any, block: str) -> GeneratorSpec:
+    """`generator: {norm, activation, negative_slope}`: the generator's hidden layers."""
+    g = as_mapping(raw, "model.generator", "`generator: {norm: batch, activation: relu}`")
+    check_keys(g, GENERATOR_KEYS, "model.generator", "`generator:`")
+    base = GeneratorSpec()
+    values = {
+        name: KEYS[name].check(g[name], f"model.generator.{name}", 0, block) if name in g else getattr(base, name)
+        for name in GENERATOR_KEYS
+    }
+    return GeneratorSpec(**values)
 
 
 def _heads(raw: Any, kind: str) -> tuple[HeadSpec, ...]:
@@ -742,7 +793,7 @@ def parse_train(raw: Any, kind: str, multitask: bool = False) -> TrainSpec:
         batch_size=as_int(t.get("batch_size", 64), "train.batch_size", 1, 65536),
         optimizer=name,
         lr=as_float(opt.get("lr", 1e-3), "train.optimizer.lr", 1e-12, 10.0),
-        weight_decay=as_float(opt.get("weight_decay", 0.01 if name == "adamw" else 0.0), "train.optimizer.weight_decay", 0.0, 10.0),
+        weight_decay=as_float(opt.get("weight_decay", WEIGHT_DECAY[name]), "train.optimizer.weight_decay", 0.0, 10.0),
         momentum=as_float(opt.get("momentum", 0.9), "train.optimizer.momentum", 0.0, 1.0, hi_open=True),
         scheduler=as_choice(scheduler, "train.scheduler", SCHEDULERS),
         beta=as_float(t.get("beta", 1.0), "train.beta", 0.0, 1000.0),

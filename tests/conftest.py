@@ -31,8 +31,9 @@ def torch_check_plan(plan) -> None:
             layers = item.layers if isinstance(item, Block) else (item,)
             in_order = not isinstance(item, Block) or item.cls in sequential
             for layer in layers:
-                if not layer.code.startswith("nn."):
-                    continue  # a class of the generated model (Scale): checked by check_rendered_model
+                if not layer.torch_class or layer.op == "Sequential":
+                    continue  # a class of the generated model (Scale, Gate), or a shortcut whose
+                    # members are listed after it: checked by check_rendered_model
                 module = eval(layer.code, {"nn": nn}).to("meta")  # the exact code the template emits
                 where = item.where if isinstance(item, Block) else part.name
                 got = sum(p.numel() for p in module.parameters())

@@ -45,9 +45,12 @@ def test_odd_autoencoder_layers():
     plan = plan_from_raw(raw("odd-autoencoder"))
     shapes = [block.out_shape for block in plan.part("encoder").items if isinstance(block, Block)]
     assert shapes == [(8, 17, 25), (16, 4, 6)]
-    codes = [layer.code for block in plan.part("decoder").items if isinstance(block, Block) for layer in block.layers]
+    decoder = plan.part("decoder").items
+    # the latent is projected back through the activation the encoder's output had
+    assert [layer.code for layer in decoder[0].layers] == ["nn.Linear(32, 384)", "nn.ReLU()"]
+    codes = [layer.code for block in decoder[2:] for layer in block.layers]
     # the pool is undone by an upsampling to the exact pre-pool size, then the strided convs
-    assert codes[0] == 'nn.Upsample(size=(9, 13), mode="nearest")'
+    assert codes[0] == "nn.Upsample(size=(9, 13))"
     assert codes[1] == "nn.ConvTranspose2d(16, 8, kernel_size=3, stride=2, padding=1)"
     assert codes[-1] == "nn.ConvTranspose2d(8, 3, kernel_size=5, stride=2)"
 
@@ -56,24 +59,30 @@ def test_conv_vae_decoder():
     plan = plan_from_raw(raw("conv-vae"))
     blocks = [b for b in plan.part("decoder").items if isinstance(b, Block)]
     first, last = [[layer.code for layer in b.layers] for b in blocks]
-    # BatchNorm follows the transposed conv's *output* channels; the last block has no norm
+    # BatchNorm follows the transposed conv's *output* channels (and the conv has no bias);
+    # the last block has no norm, and no sigmoid: forward returns logits for the loss
     assert first == [
-        "nn.ConvTranspose2d(64, 32, kernel_size=3, stride=2, padding=1, output_padding=1)",
+        "nn.ConvTranspose2d(64, 32, kernel_size=3, stride=2, padding=1, output_padding=1, bias=False)",
         "nn.BatchNorm2d(32)",
         "nn.ReLU()",
     ]
-    assert last == ["nn.ConvTranspose2d(32, 1, kernel_size=3, stride=2, padding=1, output_padding=1)", "nn.Sigmoid()"]
+    assert last == ["nn.ConvTranspose2d(32, 1, kernel_size=3, stride=2, padding=1, output_padding=1)"]
+    assert plan.logits_output
     assert plan.part("fc_mu").out_shape == (16,)
-    assert plan.part("fc_decode").out_shape == (3136,)
+    # z goes back through the norm and activation of the encoder's last block
+    (fc_decode,) = plan.part("fc_decode").items
+    assert [layer.code for layer in fc_decode.layers] == ["nn.Linear(16, 3136, bias=False)", "nn.BatchNorm1d(3136)", "nn.ReLU()"]
 
 
 def test_defaults_fill_hidden_blocks_not_the_output_layer():
     plan = plan_from_raw(raw("digits-cnn"))
-    head = plan.part("head").items
-    assert [layer.op for layer in head[0].layers] == ["Linear", "BatchNorm1d", "ReLU", "Dropout"]
-    assert [layer.op for layer in head[1].layers] == ["Linear"]
+    (hidden,) = plan.part("trunk").items
+    assert [layer.op for layer in hidden.layers] == ["Linear", "BatchNorm1d", "ReLU", "Dropout"]
+    (head,) = plan.part("head").items
+    assert head.code == "nn.Linear(64, 10)"  # a plain output layer is a plain Linear
     tab = plan_from_raw(raw("tabular-mlp"))
-    assert all("bias=False" in b.layers[0].code for b in tab.part("head").items)
+    assert all("bias=False" in b.layers[0].code for b in tab.part("trunk").items)
+    assert tab.part("head").items[0].code == "nn.Linear(16, 3, bias=False)"
 
 
 def test_encoder_output_activation_never_leaks_into_decoder():
@@ -244,10 +253,10 @@ def test_residual_and_gated_blocks_match_torch_and_mirror(name):
 def test_residual_projection_only_where_shapes_change():
     plan = plan_from_raw(RESIDUAL_SPECS["residual-conv-ae"])
     blocks = [b for b in plan.part("encoder").items if isinstance(b, Block)]
-    shortcuts = [[layer.code for layer in b.layers if layer.role == "shortcut"] for b in blocks]
+    shortcuts = [[layer.code for layer in b.layers if layer.role.startswith("shortcut.")] for b in blocks]
     assert shortcuts == [
-        ["nn.Sequential(nn.Conv2d(3, 8, kernel_size=1, bias=False), nn.BatchNorm2d(8))"],
-        ["nn.Sequential(nn.Conv2d(8, 16, kernel_size=1, stride=2, bias=False), nn.BatchNorm2d(16))"],
+        ["nn.Conv2d(3, 8, kernel_size=1, bias=False)", "nn.BatchNorm2d(8)"],
+        ["nn.Conv2d(8, 16, kernel_size=1, stride=2, bias=False)", "nn.BatchNorm2d(16)"],
         [],  # same channels, stride 1: identity
     ]
 
@@ -290,7 +299,7 @@ def test_multitask_heads_share_the_trunk():
     heads = plan.part("heads")
     assert heads.is_dict and heads.keys == ("digit", "size")
     assert [b.out_shape for b in heads.items] == [(10,), (1,)]
-    assert ("heads.digit.linear", (10,)) in plan.module_shapes()
+    assert ("heads.digit", (10,)) in plan.module_shapes()
     check_rendered_model(plan, MULTITASK)
 
 
@@ -343,4 +352,4 @@ def test_a_thousand_layer_mlp_validates_and_matches_torch(tmp_path, env):
     assert result.stdout.startswith("ok: deep: mlp, (B, 16) -> (B, 3), 2998 layers, ")
     plan = plan_from_file(tmp_path / "deep.yaml")
     torch_check_plan(plan)
-    assert len(plan.part("head").items) == 1000
+    assert len(plan.part("trunk").items) == 999
