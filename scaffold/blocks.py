@@ -96,7 +96,13 @@ def linear_block(
 
 
 def residual_linear_block(
-    where: str, in_features: int, out_features: int, style: Style, bias: bool | None, scale: bool, note: str = ""
+    where: str,
+    in_features: int,
+    out_features: int,
+    style: Style,
+    bias: bool | None,
+    scale: bool,
+    note: str = "",
 ) -> Block:
     """ResidualLinearBlock: act(norm2(fc2(act(norm1(fc1(x))))) [* scale] + shortcut(x)), [drop]."""
     use_bias = style.bias(bias)
@@ -176,7 +182,9 @@ def residual_conv_block(
         layers.append(L.norm(style.norm, shape, role="norm1"))
     if style.activation != "none":
         layers.append(L.activation(style.activation, shape, style.slope))
-    layers.append(L.conv(ndim, shape, out_channels, replace(g, stride=ones), use_bias, role="conv2"))
+    layers.append(
+        L.conv(ndim, shape, out_channels, replace(g, stride=ones), use_bias, role="conv2")
+    )
     if style.norm != "none":
         layers.append(L.norm(style.norm, shape, role="norm2"))
     if in_shape[0] != out_channels or any(s != 1 for s in g.stride):  # torchvision's downsample
@@ -228,7 +236,9 @@ def up_block(
         shape = (shape[0], *upsample)
     output_padding = tuple(
         want - L.conv_transpose_out(have, k, s, p, d, 0)
-        for want, have, k, s, p, d in zip(target[1:], shape[1:], g.kernel, g.stride, g.padding, g.dilation)
+        for want, have, k, s, p, d in zip(
+            target[1:], shape[1:], g.kernel, g.stride, g.padding, g.dilation
+        )
     )
     for o, s, d in zip(output_padding, g.stride, g.dilation):
         if not (0 <= o and (o < s or o < d)):  # cannot happen for a valid encoder
@@ -239,18 +249,24 @@ def up_block(
         layers += _tail(style, target)
     else:
         ones = (1,) * ndim
-        layers.append(L.conv_transpose(ndim, shape, target[0], g, output_padding, use_bias, role="conv1"))
+        layers.append(
+            L.conv_transpose(ndim, shape, target[0], g, output_padding, use_bias, role="conv1")
+        )
         if style.norm != "none":
             layers.append(L.norm(style.norm, target, role="norm1"))
         if style.activation != "none":
             layers.append(L.activation(style.activation, target, style.slope))
-        layers.append(L.conv(ndim, target, target[0], replace(g, stride=ones), use_bias, role="conv2"))
+        layers.append(
+            L.conv(ndim, target, target[0], replace(g, stride=ones), use_bias, role="conv2")
+        )
         if style.norm != "none":
             layers.append(L.norm(style.norm, target, role="norm2"))
         if shape[0] != target[0] or any(s != 1 for s in g.stride):
             # with "same" padding the 1x1 projection lands on target with conv1's output_padding
             one = ConvGeometry(ones, g.stride, (0,) * ndim, ones)
-            projection = L.conv_transpose(ndim, shape, target[0], one, output_padding, style.norm == "none")
+            projection = L.conv_transpose(
+                ndim, shape, target[0], one, output_padding, style.norm == "none"
+            )
             assert projection.out_shape == target, (projection.out_shape, target)
             layers += _shortcut(projection, style)
         if style.dropout:
@@ -267,7 +283,9 @@ _KEYWORD_ORDER = ("bias", "norm_layer", "act_layer", "pool", "upsample", "dropou
 
 def _order(args: tuple) -> tuple:
     """Positional sizes, geometry keywords, then the style keywords in one fixed order."""
-    positional = [a for a in args if not (isinstance(a, tuple) and len(a) == 2 and a[0] in _KEYWORD_ORDER)]
+    positional = [
+        a for a in args if not (isinstance(a, tuple) and len(a) == 2 and a[0] in _KEYWORD_ORDER)
+    ]
     keywords = sorted(
         (a for a in args if isinstance(a, tuple) and len(a) == 2 and a[0] in _KEYWORD_ORDER),
         key=lambda a: _KEYWORD_ORDER.index(a[0]),

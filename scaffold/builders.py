@@ -33,7 +33,9 @@ def geometry(spec: ConvSpec) -> ConvGeometry:
     return ConvGeometry(spec.kernel, spec.stride, spec.padding, spec.dilation)
 
 
-def dense(where: str, in_features: int, out_features: int, style: Style, bias: bool | None, note: str = "") -> Item:
+def dense(
+    where: str, in_features: int, out_features: int, style: Style, bias: bool | None, note: str = ""
+) -> Item:
     """A Linear, or a LinearBlock when a norm, activation or dropout follows it."""
     if style == B.PLAIN:
         return L.linear(in_features, out_features, style.bias(bias))
@@ -88,8 +90,14 @@ class Stack:
         for n, k, s, p, d in zip(in_shape[1:], c.kernel, c.stride, c.padding, c.dilation):
             reach = d * (k - 1) + 1
             if n + 2 * p < reach:
-                size = f"{fmt_dims(in_shape[1:])}" + (f" ({n} + 2*{p} = {n + 2 * p} with padding)" if p else "")
-                what = f"kernel {k}" if d == 1 else f"dilated kernel {reach} (kernel {k}, dilation {d})"
+                size = f"{fmt_dims(in_shape[1:])}" + (
+                    f" ({n} + 2*{p} = {n + 2 * p} with padding)" if p else ""
+                )
+                what = (
+                    f"kernel {k}"
+                    if d == 1
+                    else f"dilated kernel {reach} (kernel {k}, dilation {d})"
+                )
                 raise SpecError(
                     c.where,
                     f"its input is {size}, smaller than {what}",
@@ -103,14 +111,19 @@ class Stack:
         build = B.residual_conv_block if c.residual else B.conv_block
         block = build(c.where, self.ndim, in_shape, c.channels, g, style_of(c), c.bias, pool)
         if c.activation in NORMALIZING and block.out_shape[0] == 1:
-            self.warn(c.where, f"{c.activation} over a single channel always outputs {'1' if c.activation == 'softmax' else '0'}")
+            self.warn(
+                c.where,
+                f"{c.activation} over a single channel always outputs {'1' if c.activation == 'softmax' else '0'}",
+            )
         self.trail.append(f"{c.where} -> {fmt_dims(block.out_shape)}")
         return block, pre_pool
 
     def _pool(self, c: ConvSpec, in_shape: Shape, shape: Shape) -> Layer:
         assert c.pool is not None
         for n, k, s, p in zip(shape[1:], c.pool.kernel, c.pool.stride, c.pool.padding):
-            if c.pool.kind == "avg" and self.ndim == 3 and n < k:  # torch's AvgPool3d ignores padding here
+            if (
+                c.pool.kind == "avg" and self.ndim == 3 and n < k
+            ):  # torch's AvgPool3d ignores padding here
                 raise SpecError(
                     f"{c.where}.pool",
                     f"after the conv the volume is {fmt_dims(shape[1:])}; AvgPool3d needs every side "
@@ -124,7 +137,10 @@ class Stack:
                     f"after the conv the feature map is {fmt_dims(shape[1:])}, smaller than the pooling window {k}",
                     "use a smaller pool, or remove the pool from this block",
                     self.trail_lines()
-                    + [f"conv: {fmt_dims(in_shape)} -> {fmt_dims(shape)}", f"pool arithmetic: {L.conv_arithmetic(n, k, s, p, 1)}"],
+                    + [
+                        f"conv: {fmt_dims(in_shape)} -> {fmt_dims(shape)}",
+                        f"pool arithmetic: {L.conv_arithmetic(n, k, s, p, 1)}",
+                    ],
                 )
         return L.pool(self.ndim, shape, c.pool.kind, c.pool.kernel, c.pool.stride, c.pool.padding)
 
@@ -187,14 +203,29 @@ class Stack:
         return f"the input has {shape[0]} features"
 
 
-def linear_spec_block(b: LinearSpec, where: str, in_features: int, out_features: int, style: Style, note: str = "") -> Block:
+def linear_spec_block(
+    b: LinearSpec, where: str, in_features: int, out_features: int, style: Style, note: str = ""
+) -> Block:
     """The block an mlp entry asks for: residual, gated, or plain."""
     if b.residual:
-        return B.residual_linear_block(where, in_features, out_features, style, b.bias, b.scale, note)
-    return B.linear_block(where, in_features, out_features, style, b.bias, gate=b.gate, scale=b.scale, note=note)
+        return B.residual_linear_block(
+            where, in_features, out_features, style, b.bias, b.scale, note
+        )
+    return B.linear_block(
+        where, in_features, out_features, style, b.bias, gate=b.gate, scale=b.scale, note=note
+    )
 
 
-def mirror(enc: Encoder, items: list[Item], start: Shape, name: str, hidden: Style | None, output: Style, ndim: int, input_shape: Shape) -> None:
+def mirror(
+    enc: Encoder,
+    items: list[Item],
+    start: Shape,
+    name: str,
+    hidden: Style | None,
+    output: Style,
+    ndim: int,
+    input_shape: Shape,
+) -> None:
     """Transpose the encoder into `items`, a decoder that reproduces the input shape exactly.
 
     Blocks come in reverse order. Each inverts the encoder block it mirrors (a Linear back
@@ -218,7 +249,9 @@ def mirror(enc: Encoder, items: list[Item], start: Shape, name: str, hidden: Sty
             items.append(linear_spec_block(plain, where, shape[0], block.in_shape[0], style, note))
             shape = block.in_shape
             if last and enc.flat_from is not None and not enc.pre_pool:
-                items.append(L.unflatten(enc.flat_from))  # an mlp-only encoder of a multi-dimensional input
+                items.append(
+                    L.unflatten(enc.flat_from)
+                )  # an mlp-only encoder of a multi-dimensional input
                 shape = enc.flat_from
             continue
         if len(shape) == 1:  # leaving the linear part: restore the conv map
@@ -227,8 +260,16 @@ def mirror(enc: Encoder, items: list[Item], start: Shape, name: str, hidden: Sty
         where = f"{name}.{len(items)}"
         upsample = enc.pre_pool[i][1:] if spec.pool is not None else None
         up = B.up_block(
-            where, ndim, shape, block.in_shape, geometry(spec), style, spec.bias, upsample,
-            residual=spec.residual and not last, note=note,
+            where,
+            ndim,
+            shape,
+            block.in_shape,
+            geometry(spec),
+            style,
+            spec.bias,
+            upsample,
+            residual=spec.residual and not last,
+            note=note,
         )
         items.append(up)
         shape = up.out_shape
@@ -265,7 +306,10 @@ class Builder:
         )
         self._check_parts(plan)
         if train.batch_size == 1 and any(op.startswith("BatchNorm") for op in plan.layer_ops()):
-            self.warn("train.batch_size", "BatchNorm cannot train on batches of one sample; use batch_size >= 2")
+            self.warn(
+                "train.batch_size",
+                "BatchNorm cannot train on batches of one sample; use batch_size >= 2",
+            )
         if plan.params > LARGE_MODEL:
             self.warn(
                 "model",
@@ -287,10 +331,19 @@ class Builder:
                     f"use one of: {', '.join(trainable)}",
                 )
         if plan.train.freeze and set(plan.train.freeze) >= set(trainable):
-            raise SpecError("train.freeze", "freezes every part, so nothing would train", f"leave at least one of {', '.join(trainable)} out")
-        frozen_groups = sorted({name for name, _ in plan.train.param_groups} & set(plan.train.freeze))
+            raise SpecError(
+                "train.freeze",
+                "freezes every part, so nothing would train",
+                f"leave at least one of {', '.join(trainable)} out",
+            )
+        frozen_groups = sorted(
+            {name for name, _ in plan.train.param_groups} & set(plan.train.freeze)
+        )
         if frozen_groups:
-            self.warn("train.param_groups", f"{', '.join(frozen_groups)} frozen, so the learning rate given for it is unused")
+            self.warn(
+                "train.param_groups",
+                f"{', '.join(frozen_groups)} frozen, so the learning rate given for it is unused",
+            )
 
     def output_style(self) -> Style:
         """The decoder's last layer: the output activation, or none where forward returns
@@ -312,14 +365,26 @@ class HeadBuilder(Builder):
         enc = self.stack.encoder()
         parts: list[Part] = []
         convs = [block for spec, block in zip(enc.specs, enc.blocks) if isinstance(spec, ConvSpec)]
-        linears = [block for spec, block in zip(enc.specs, enc.blocks) if isinstance(spec, LinearSpec)]
+        linears = [
+            block for spec, block in zip(enc.specs, enc.blocks) if isinstance(spec, LinearSpec)
+        ]
         if convs:
-            parts.append(Part("features", "Convolutional feature extractor.", self.model.input, tuple(convs)))
+            parts.append(
+                Part("features", "Convolutional feature extractor.", self.model.input, tuple(convs))
+            )
         out = enc.out_shape if enc.items else self.model.input
         if self.model.heads and enc.flat_from is None and len(out) > 1:
             enc.flat_from = out  # heads right after a conv stack (or on a multi-dimensional input)
         if enc.flat_from is not None:
-            parts.append(Part("flatten", "Flatten the feature map into a vector", enc.flat_from, (L.flatten(enc.flat_from),), sequential=False))
+            parts.append(
+                Part(
+                    "flatten",
+                    "Flatten the feature map into a vector",
+                    enc.flat_from,
+                    (L.flatten(enc.flat_from),),
+                    sequential=False,
+                )
+            )
         if self.model.heads:
             return self._multitask(parts, enc, linears)
         spec_out = self.model.mlp[-1]
@@ -332,7 +397,13 @@ class HeadBuilder(Builder):
         if len(linears) > 1:
             parts.append(Part("trunk", "Hidden layers.", linears[0].in_shape, tuple(linears[:-1])))
         classify = self.spec.train.task == "classification"
-        head = dense(spec_out.where, linears[-1].in_shape[0], spec_out.features, style_of(spec_out), spec_out.bias)
+        head = dense(
+            spec_out.where,
+            linears[-1].in_shape[0],
+            spec_out.features,
+            style_of(spec_out),
+            spec_out.bias,
+        )
         doc = "Output layer, one logit per class" if classify else "Output layer"
         parts.append(Part("head", doc, linears[-1].in_shape, (head,), sequential=False))
         if classify:
@@ -352,14 +423,25 @@ class HeadBuilder(Builder):
 
     def _multitask(self, parts: list[Part], enc: Encoder, linears: list[Block]) -> Plan:
         """A shared trunk (the mlp blocks, all hidden) and one Linear head per task, in a ModuleDict."""
-        shared = linears[-1].out_shape if linears else (enc.out_shape if enc.items else self.model.input)
+        shared = (
+            linears[-1].out_shape if linears else (enc.out_shape if enc.items else self.model.input)
+        )
         if len(shared) > 1:  # no mlp blocks: the flatten part made the vector
             shared = (math.prod(shared),)
         if linears:
-            parts.append(Part("trunk", "Shared trunk: the features every head reads.", linears[0].in_shape, tuple(linears)))
+            parts.append(
+                Part(
+                    "trunk",
+                    "Shared trunk: the features every head reads.",
+                    linears[0].in_shape,
+                    tuple(linears),
+                )
+            )
         heads = tuple(L.linear(shared[0], h.features, True) for h in self.model.heads)
         names = tuple(h.name for h in self.model.heads)
-        parts.append(Part("heads", "One output layer per task, by name.", shared, heads, keys=names))
+        parts.append(
+            Part("heads", "One output layer per task, by name.", shared, heads, keys=names)
+        )
         return self.plan(parts, heads[0].out_shape, heads=self.model.heads)
 
 
@@ -383,10 +465,17 @@ class AutoencoderBuilder(Builder):
             decoder.append(dense("decoder.0", latent, flat, enc.last_style(), None, note))
             if len(start) > 1:
                 decoder.append(L.unflatten(start))
-        mirror(enc, decoder, start, "decoder", None, self.output_style(), self.ndim, self.model.input)
+        mirror(
+            enc, decoder, start, "decoder", None, self.output_style(), self.ndim, self.model.input
+        )
         parts = [
             Part("encoder", "Encoder: input -> code.", self.model.input, tuple(items)),
-            Part("decoder", "Decoder: the encoder transposed, code -> input shape.", items[-1].out_shape, tuple(decoder)),
+            Part(
+                "decoder",
+                "Decoder: the encoder transposed, code -> input shape.",
+                items[-1].out_shape,
+                tuple(decoder),
+            ),
         ]
         return self.plan(parts, decoder[-1].out_shape)
 
@@ -415,16 +504,42 @@ class VAEBuilder(AutoencoderBuilder):
         decoder: list[Item] = []
         if len(start) > 1:
             decoder.append(L.unflatten(start))
-        mirror(enc, decoder, start, "decoder", None, self.output_style(), self.ndim, self.model.input)
+        mirror(
+            enc, decoder, start, "decoder", None, self.output_style(), self.ndim, self.model.input
+        )
         note = f"norm, act of {enc.specs[-1].where}"
         fc_decode = dense("fc_decode", latent, flat, enc.last_style(), None, note)
-        decode_doc = "z -> encoder output" + ("" if isinstance(fc_decode, Layer) else f", the {note}")
+        decode_doc = "z -> encoder output" + (
+            "" if isinstance(fc_decode, Layer) else f", the {note}"
+        )
         parts = [
-            Part("encoder", "Encoder: input -> features for the posterior.", self.model.input, tuple(items)),
-            Part("fc_mu", "Mean of q(z|x)", (flat,), (L.linear(flat, latent, True),), sequential=False),
-            Part("fc_logvar", "Log-variance of q(z|x)", (flat,), (L.linear(flat, latent, True),), sequential=False),
+            Part(
+                "encoder",
+                "Encoder: input -> features for the posterior.",
+                self.model.input,
+                tuple(items),
+            ),
+            Part(
+                "fc_mu",
+                "Mean of q(z|x)",
+                (flat,),
+                (L.linear(flat, latent, True),),
+                sequential=False,
+            ),
+            Part(
+                "fc_logvar",
+                "Log-variance of q(z|x)",
+                (flat,),
+                (L.linear(flat, latent, True),),
+                sequential=False,
+            ),
             Part("fc_decode", decode_doc, (latent,), (fc_decode,), sequential=False),
-            Part("decoder", "Decoder: the encoder transposed, back to the input shape.", (flat,), tuple(decoder)),
+            Part(
+                "decoder",
+                "Decoder: the encoder transposed, back to the input shape.",
+                (flat,),
+                tuple(decoder),
+            ),
         ]
         return self.plan(parts, decoder[-1].out_shape)
 
@@ -460,12 +575,29 @@ class GANBuilder(Builder):
             generator.append(dense("generator.0", latent, flat, hidden, None, note))
             if len(start) > 1:
                 generator.append(L.unflatten(start))
-        mirror(enc, generator, start, "generator", hidden, Style(activation=self.model.output_activation), self.ndim, self.model.input)
+        mirror(
+            enc,
+            generator,
+            start,
+            "generator",
+            hidden,
+            Style(activation=self.model.output_activation),
+            self.ndim,
+            self.model.input,
+        )
         parts = [
-            Part("generator", "Generator: latent z -> a sample shaped like the data (the discriminator transposed).",
-                 (latent,), tuple(generator)),
-            Part("discriminator", "Discriminator: a sample -> one logit, real (high) or generated (low).",
-                 self.model.input, tuple(critic)),
+            Part(
+                "generator",
+                "Generator: latent z -> a sample shaped like the data (the discriminator transposed).",
+                (latent,),
+                tuple(generator),
+            ),
+            Part(
+                "discriminator",
+                "Discriminator: a sample -> one logit, real (high) or generated (low).",
+                self.model.input,
+                tuple(critic),
+            ),
         ]
         return self.plan(parts, generator[-1].out_shape)
 

@@ -79,7 +79,11 @@ def scaffold_compose(
     """Build a spec from the interactive answers (conventional defaults for the rest)."""
     shape = _ints(input_shape, "input shape")
     model: dict[str, Any] = {"kind": kind, "input": shape}
-    convs = _ints(conv_channels, "conv channels", allow_empty=True) if len(shape) > 1 and kind != "mlp" else []
+    convs = (
+        _ints(conv_channels, "conv channels", allow_empty=True)
+        if len(shape) > 1 and kind != "mlp"
+        else []
+    )
     widths = _ints(hidden, "hidden sizes", allow_empty=True)
     if kind in ("mlp", "cnn"):
         model["defaults"] = {"kernel": 3, "padding": 1, "norm": "batch", "activation": "relu"}
@@ -87,14 +91,23 @@ def scaffold_compose(
             model["conv"] = [{"channels": c, "pool": 2} for c in convs]
         model["mlp"] = [{"features": w} for w in widths] + [{"features": num_outputs}]
     elif kind == "gan":
-        model["defaults"] = {"kernel": 4, "stride": 2, "padding": 1, "norm": "batch", "activation": "leaky_relu"}
-        blocks = [{"channels": c} for c in convs] or [{"channels": 32}]
-        blocks[0]["norm"] = "none"  # DCGAN: no BatchNorm on the discriminator's first layer
-        model["conv" if convs else "mlp"] = blocks if convs else [{"features": w} for w in widths or [128]]
+        # DCGAN's defaults apply: BatchNorm (not on the input layer) and LeakyReLU(0.2) in
+        # the discriminator, BatchNorm and ReLU in the generator
+        model["defaults"] = {"kernel": 4, "stride": 2, "padding": 1}
+        if convs:
+            model["conv"] = [{"channels": c} for c in convs]
+        else:
+            model["mlp"] = [{"features": w} for w in widths or [128]]
         model["latent"] = latent
         model["output_activation"] = "tanh"
     else:
-        model["defaults"] = {"kernel": 3, "stride": 2, "padding": 1, "norm": "batch", "activation": "relu"}
+        model["defaults"] = {
+            "kernel": 3,
+            "stride": 2,
+            "padding": 1,
+            "norm": "batch",
+            "activation": "relu",
+        }
         if convs:
             model["conv"] = [{"channels": c} for c in convs]
         if widths or not convs:

@@ -56,7 +56,12 @@ def fmt_args(args: tuple[Arg, ...], short: dict[str, str] | None = None) -> str:
     """Constructor arguments: positional values, then keyword=value pairs."""
     out = []
     for arg in args:
-        if isinstance(arg, tuple) and len(arg) == 2 and isinstance(arg[0], str) and not isinstance(arg[0], Code):
+        if (
+            isinstance(arg, tuple)
+            and len(arg) == 2
+            and isinstance(arg[0], str)
+            and not isinstance(arg[0], Code)
+        ):
             key = short.get(arg[0], arg[0]) if short else arg[0]
             out.append(f"{key}={fmt_value(arg[1])}")
         else:
@@ -64,7 +69,9 @@ def fmt_args(args: tuple[Arg, ...], short: dict[str, str] | None = None) -> str:
     return ", ".join(out)
 
 
-def call(op: str, args: tuple[Arg, ...], prefix: str = "", short: dict[str, str] | None = None) -> str:
+def call(
+    op: str, args: tuple[Arg, ...], prefix: str = "", short: dict[str, str] | None = None
+) -> str:
     """``nn.Conv2d(1, 32, kernel_size=3)`` from ("Conv2d", (1, 32, ("kernel_size", 3)))."""
     return f"{prefix}{op}({fmt_args(args, short)})"
 
@@ -175,7 +182,9 @@ class ConvGeometry:
         )
 
 
-def conv(ndim: int, in_shape: Shape, out_channels: int, g: ConvGeometry, bias: bool, role: str = "conv") -> Layer:
+def conv(
+    ndim: int, in_shape: Shape, out_channels: int, g: ConvGeometry, bias: bool, role: str = "conv"
+) -> Layer:
     spatial = g.out(in_shape[1:])
     params = out_channels * in_shape[0] * math.prod(g.kernel) + (out_channels if bias else 0)
     args = (in_shape[0], out_channels, *g.kwargs(), *_kw("bias", bias, True))
@@ -197,10 +206,23 @@ def conv_transpose(
     return Layer(role, f"ConvTranspose{ndim}d", args, (out_channels, *spatial), params)
 
 
-def pool(ndim: int, in_shape: Shape, kind: str, kernel: tuple[int, ...], stride: tuple[int, ...], padding: tuple[int, ...]) -> Layer:
-    spatial = tuple(conv_out(n, k, s, p) for n, k, s, p in zip(in_shape[1:], kernel, stride, padding))
+def pool(
+    ndim: int,
+    in_shape: Shape,
+    kind: str,
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    padding: tuple[int, ...],
+) -> Layer:
+    spatial = tuple(
+        conv_out(n, k, s, p) for n, k, s, p in zip(in_shape[1:], kernel, stride, padding)
+    )
     op = f"{'Max' if kind == 'max' else 'Avg'}Pool{ndim}d"
-    args = (arg(kernel), *(() if stride == kernel else (("stride", arg(stride)),)), *_kw("padding", arg(padding), 0))
+    args = (
+        arg(kernel),
+        *(() if stride == kernel else (("stride", arg(stride)),)),
+        *_kw("padding", arg(padding), 0),
+    )
     return Layer("pool", op, args, (in_shape[0], *spatial))
 
 

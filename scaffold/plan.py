@@ -222,31 +222,37 @@ SHORT_KEYWORDS = {
 
 
 def format_table(plan: Plan, width: int = 100) -> str:
-    """The `scaffold show` table: module path, spec location, layer, output shape, params.
+    """The `scaffold show` table: module path, layer, output shape, params; totals.
 
     Rows are named by module path (`features.0.conv`), the names of model.py, state dicts,
-    `--freeze` and fine-tuning; the spec column says which spec entry made each block."""
-    rows: list[tuple[str, str, str, str, str]] = [("input", "", "", fmt_shape(plan.input_shape), "")]
+    `--freeze` and fine-tuning; a block's row says which spec entry made it."""
+    rows: list[tuple[str, str, str, str]] = [("input", "", fmt_shape(plan.input_shape), "")]
     for path, _, item in plan.items():
         if isinstance(item, Block):
-            source = item.note or item.where
-            rows.append((path, source, item.cls, fmt_shape(item.out_shape), _count(item.params)))
+            what = f"{item.cls} ({item.note or item.where})"
+            rows.append((path, what, fmt_shape(item.out_shape), _count(item.params)))
             for layer in item.layers:
                 if layer.op == "Sequential":
                     continue
-                layer_path = f"{path}.{layer.role}"
                 shown = call(layer.op, layer.args, short=SHORT_KEYWORDS)
-                rows.append(("  " + layer_path, "", shown, fmt_shape(layer.out_shape), _count(layer.params)))
+                rows.append(
+                    (
+                        f"  {path}.{layer.role}",
+                        shown,
+                        fmt_shape(layer.out_shape),
+                        _count(layer.params),
+                    )
+                )
         else:
             shown = call(item.op, item.args, short=SHORT_KEYWORDS)
-            rows.append((path, "", shown, fmt_shape(item.out_shape), _count(item.params)))
-    header = ("module", "from spec", "layer", "output shape", "params")
-    fixed = [max(len(r[i]) for r in rows + [header]) for i in range(5)]
-    room = width - (fixed[0] + fixed[1] + fixed[3] + fixed[4] + 8)  # the layer column gets the rest
-    fixed[2] = max(12, min(fixed[2], room))
+            rows.append((path, shown, fmt_shape(item.out_shape), _count(item.params)))
+    header = ("module", "layer", "output shape", "params")
+    fixed = [max(len(r[i]) for r in rows + [header]) for i in range(4)]
+    room = width - (fixed[0] + fixed[2] + fixed[3] + 6)  # the layer column gets the rest
+    fixed[1] = max(12, min(fixed[1], room))
     rule = tuple("-" * w for w in fixed)
     lines = [_row(header, fixed), _row(rule, fixed)]
-    lines += [_row((r[0], r[1], _clip(r[2], fixed[2]), r[3], r[4]), fixed) for r in rows]
+    lines += [_row((r[0], _clip(r[1], fixed[1]), r[2], r[3]), fixed) for r in rows]
     lines.append(_row(rule, fixed))
     frozen = sum(part.params for part in plan.parts if part.name in plan.train.freeze)
     lines.append(
@@ -266,8 +272,5 @@ def _clip(text: str, width: int) -> str:
 
 
 def _row(cells: tuple[str, ...], widths: list[int]) -> str:
-    path, source, layer, shape, params = cells
-    return (
-        f"{path:<{widths[0]}}  {source:<{widths[1]}}  {layer:<{widths[2]}}  "
-        f"{shape:<{widths[3]}}  {params:>{widths[4]}}"
-    )
+    path, layer, shape, params = cells
+    return f"{path:<{widths[0]}}  {layer:<{widths[1]}}  {shape:<{widths[2]}}  {params:>{widths[3]}}"

@@ -229,13 +229,21 @@ def load_yaml_text(text: str, source: str = "spec") -> dict[str, Any]:
     except RecursionError:
         raise SpecError(source, "the YAML is nested too deeply", "flatten the spec") from None
     except (ValueError, OverflowError) as exc:  # e.g. a 5000-digit integer, a date with month 13
-        raise SpecError(source, f"a value cannot be read: {_printable(str(exc), 80)}", "check numbers and dates in the spec") from None
+        raise SpecError(
+            source,
+            f"a value cannot be read: {_printable(str(exc), 80)}",
+            "check numbers and dates in the spec",
+        ) from None
     documents = [d for d in documents if d is not None]
     if len(documents) != 1:
         raise SpecError(
             source,
             f"expected one YAML document, found {len(documents)}" if documents else "is empty",
-            "keep a single spec per file (no `---` separators)" if documents else "start from a file in examples/",
+            (
+                "keep a single spec per file (no `---` separators)"
+                if documents
+                else "start from a file in examples/"
+            ),
         )
     data = documents[0]
     if not isinstance(data, dict):
@@ -337,7 +345,9 @@ def check_keys(mapping: dict[str, Any], allowed: tuple[str, ...], where: str, wh
 
 def as_mapping(value: Any, where: str, example: str) -> dict[str, Any]:
     if not isinstance(value, dict):
-        raise SpecError(where, f"expected a mapping, got {_type_name(value)}", f"write it as {example}")
+        raise SpecError(
+            where, f"expected a mapping, got {_type_name(value)}", f"write it as {example}"
+        )
     return value
 
 
@@ -346,7 +356,11 @@ def as_int(value: Any, where: str, lo: int = 1, hi: int = MAX_SIZE) -> int:
         if isinstance(value, float) and value.is_integer():
             value = int(value)
         else:
-            raise SpecError(where, f"expected a whole number, got {_type_name(value)}", f"use an integer from {lo} to {hi}")
+            raise SpecError(
+                where,
+                f"expected a whole number, got {_type_name(value)}",
+                f"use an integer from {lo} to {hi}",
+            )
     if not lo <= value <= hi:
         raise SpecError(where, f"{value} is out of range", f"use an integer from {lo} to {hi}")
     return value
@@ -354,7 +368,9 @@ def as_int(value: Any, where: str, lo: int = 1, hi: int = MAX_SIZE) -> int:
 
 def as_float(value: Any, where: str, lo: float, hi: float, hi_open: bool = False) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise SpecError(where, f"expected a number, got {_type_name(value)}", f"use a number from {lo} to {hi}")
+        raise SpecError(
+            where, f"expected a number, got {_type_name(value)}", f"use a number from {lo} to {hi}"
+        )
     value = float(value)
     bad = not (lo <= value <= hi) or (hi_open and value >= hi) or value != value
     if bad:
@@ -365,7 +381,9 @@ def as_float(value: Any, where: str, lo: float, hi: float, hi_open: bool = False
 
 def as_bool(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
-        raise SpecError(where, f"expected true or false, got {_type_name(value)}", "write `true` or `false`")
+        raise SpecError(
+            where, f"expected true or false, got {_type_name(value)}", "write `true` or `false`"
+        )
     return value
 
 
@@ -398,7 +416,9 @@ def as_tuple(value: Any, where: str, ndim: int, lo: int, hi: int = MAX_KERNEL) -
 def check_project_name(name: Any, where: str = "project") -> str:
     """A project name becomes a directory, a distribution and a package name."""
     if not isinstance(name, str):
-        raise SpecError(where, f"expected a name, got {_type_name(name)}", "use a name like `my-vae`")
+        raise SpecError(
+            where, f"expected a name, got {_type_name(name)}", "use a name like `my-vae`"
+        )
     shown = name if len(name) <= 40 else name[:37] + "..."
     if len(name) > MAX_PROJECT_LEN or not PROJECT_RE.fullmatch(name):
         raise SpecError(
@@ -408,7 +428,11 @@ def check_project_name(name: Any, where: str = "project") -> str:
             f"starting with a letter, at most {MAX_PROJECT_LEN} characters (e.g. `my-vae`)",
         )
     package = package_name(name)
-    if keyword.iskeyword(package) or package in RESERVED_PACKAGES or package in sys.stdlib_module_names:
+    if (
+        keyword.iskeyword(package)
+        or package in RESERVED_PACKAGES
+        or package in sys.stdlib_module_names
+    ):
         raise SpecError(
             where,
             f"the package name `{package}` would shadow a Python or library module",
@@ -479,7 +503,9 @@ def _geometry(lo: int) -> Callable[[Any, str, int, str], tuple[int, ...]]:
 
 
 def _norm(value: Any, where: str, ndim: int, block: str) -> str:
-    choices = {"conv": CONV_NORMS, "mlp": LINEAR_NORMS}.get(block, tuple(dict.fromkeys(LINEAR_NORMS + CONV_NORMS)))
+    choices = {"conv": CONV_NORMS, "mlp": LINEAR_NORMS}.get(
+        block, tuple(dict.fromkeys(LINEAR_NORMS + CONV_NORMS))
+    )
     return as_choice(value, where, choices)
 
 
@@ -499,7 +525,12 @@ BLOCK_KEYS = (
     Key("bias", ("conv", "mlp"), None, _flag),
     Key("norm", ("conv", "mlp"), "none", _norm),
     Key("activation", ("conv", "mlp"), "none", lambda v, w, n, b: as_choice(v, w, ACTIVATIONS)),
-    Key("negative_slope", ("conv", "mlp"), DEFAULT_SLOPE, lambda v, w, n, b: as_float(v, w, 0.0, 1.0)),
+    Key(
+        "negative_slope",
+        ("conv", "mlp"),
+        DEFAULT_SLOPE,
+        lambda v, w, n, b: as_float(v, w, 0.0, 1.0),
+    ),
     Key("pool", ("conv",), None, lambda v, w, n, b: _pool(v, w, max(n, 1))),
     Key("dropout", ("conv", "mlp"), 0.0, lambda v, w, n, b: as_float(v, w, 0.0, 1.0, hi_open=True)),
     Key("residual", ("conv", "mlp"), False, _flag, in_defaults=False),
@@ -529,9 +560,15 @@ def _checked_block(
         key = KEYS[name]
         if name not in merged:
             if key.default is REQUIRED:
-                raise SpecError(where, f"missing key `{name}`", f"every {what} needs `{name}:`" + _REQUIRED_WHY[name])
+                raise SpecError(
+                    where,
+                    f"missing key `{name}`",
+                    f"every {what} needs `{name}:`" + _REQUIRED_WHY[name],
+                )
             default = key.default
-            values[name] = default if default is None else key.check(default, f"{where}.{name}", ndim, kind)
+            values[name] = (
+                default if default is None else key.check(default, f"{where}.{name}", ndim, kind)
+            )
         else:
             values[name] = key.check(merged[name], f"{where}.{name}", ndim, kind)
     return values
@@ -552,7 +589,9 @@ def _blame_defaults(error: SpecError, where: str, block: Any) -> SpecError:
     key = rest.split(".")[0].split("[")[0]
     if not key or (isinstance(block, dict) and key in block):
         return error
-    return SpecError(f"model.defaults.{key}", f"{error.problem} (inherited by {where})", error.fix, error.details)
+    return SpecError(
+        f"model.defaults.{key}", f"{error.problem} (inherited by {where})", error.fix, error.details
+    )
 
 
 def parse_conv(block: Any, where: str, defaults: dict[str, Any], ndim: int) -> ConvSpec:
@@ -571,7 +610,11 @@ def _parse_conv(block: Any, where: str, defaults: dict[str, Any], ndim: int) -> 
     b = _checked_block(block, defaults, "conv", where, ndim, "conv block", "`{channels: 16}`")
     if b["residual"]:
         if any(k % 2 == 0 for k in b["kernel"]):
-            raise SpecError(f"{where}.kernel", f"a residual block needs an odd kernel, got {list(b['kernel'])}", "use kernel 1, 3, 5 or 7")
+            raise SpecError(
+                f"{where}.kernel",
+                f"a residual block needs an odd kernel, got {list(b['kernel'])}",
+                "use kernel 1, 3, 5 or 7",
+            )
         same = tuple(d * (k - 1) // 2 for k, d in zip(b["kernel"], b["dilation"]))
         if "padding" in block and b["padding"] != same:
             raise SpecError(
@@ -593,7 +636,9 @@ def parse_linear(block: Any, where: str, defaults: dict[str, Any]) -> LinearSpec
 def _parse_linear(block: Any, where: str, defaults: dict[str, Any]) -> LinearSpec:
     b = _checked_block(block, defaults, "mlp", where, 0, "mlp block", "`{features: 64}`")
     if b["residual"] and b["gate"]:
-        raise SpecError(where, "a block is either `residual` or `gate`d, not both", "remove one of the two keys")
+        raise SpecError(
+            where, "a block is either `residual` or `gate`d, not both", "remove one of the two keys"
+        )
     return LinearSpec(where=where, **b)
 
 
@@ -605,9 +650,15 @@ def _block_list(value: Any, where: str, example: str) -> list[Any]:
     if value is None:
         return []
     if not isinstance(value, list):
-        raise SpecError(where, f"expected a list of blocks, got {_type_name(value)}", f"write it as a list, e.g. `[{example}]`")
+        raise SpecError(
+            where,
+            f"expected a list of blocks, got {_type_name(value)}",
+            f"write it as a list, e.g. `[{example}]`",
+        )
     if len(value) > MAX_BLOCKS:
-        raise SpecError(where, f"has {len(value)} blocks, more than {MAX_BLOCKS}", "use fewer blocks")
+        raise SpecError(
+            where, f"has {len(value)} blocks, more than {MAX_BLOCKS}", "use fewer blocks"
+        )
     return value
 
 
@@ -619,7 +670,9 @@ def parse_model(raw: Any) -> ModelSpec:
     check_keys(m, MODEL_KEYS, "model", "`model:`")
     for key in ("kind", "input"):
         if key not in m:
-            raise SpecError("model", f"missing key `{key}`", "e.g. `kind: cnn` and `input: [1, 28, 28]`")
+            raise SpecError(
+                "model", f"missing key `{key}`", "e.g. `kind: cnn` and `input: [1, 28, 28]`"
+            )
     kind = as_choice(m["kind"], "model.kind", KINDS)
 
     raw_input = m["input"]
@@ -633,7 +686,9 @@ def parse_model(raw: Any) -> ModelSpec:
     shape = tuple(as_int(v, f"model.input[{i}]") for i, v in enumerate(raw_input))
     ndim = len(shape) - 1
 
-    defaults = as_mapping(m.get("defaults") or {}, "model.defaults", "`defaults: {activation: relu}`")
+    defaults = as_mapping(
+        m.get("defaults") or {}, "model.defaults", "`defaults: {activation: relu}`"
+    )
     check_keys(defaults, DEFAULT_KEYS, "model.defaults", "`defaults:`")
     check_defaults(defaults, ndim)
 
@@ -648,7 +703,11 @@ def parse_model(raw: Any) -> ModelSpec:
             "`[channels, depth, height, width]` (3-D), or drop `conv:`",
         )
     if kind == "mlp" and conv_raw:
-        raise SpecError("model.conv", "kind `mlp` has no conv stack", "use `kind: cnn` for conv blocks followed by an mlp head")
+        raise SpecError(
+            "model.conv",
+            "kind `mlp` has no conv stack",
+            "use `kind: cnn` for conv blocks followed by an mlp head",
+        )
     heads = _heads(m.get("heads"), kind) if "heads" in m else ()
     if kind in ("mlp", "cnn") and not mlp_raw and not heads:
         raise SpecError(
@@ -657,10 +716,18 @@ def parse_model(raw: Any) -> ModelSpec:
             "add e.g. `mlp: [{features: 64}, {features: 10}]`",
         )
     if kind == "cnn" and not conv_raw:
-        raise SpecError("model.conv", "kind `cnn` needs a `conv:` list", "add e.g. `conv: [{channels: 16, pool: 2}]`, or use `kind: mlp`")
+        raise SpecError(
+            "model.conv",
+            "kind `cnn` needs a `conv:` list",
+            "add e.g. `conv: [{channels: 16, pool: 2}]`, or use `kind: mlp`",
+        )
     if kind in ("autoencoder", "vae", "gan") and not (conv_raw or mlp_raw):
         what = "a discriminator" if kind == "gan" else "an encoder"
-        raise SpecError("model", f"kind `{kind}` needs {what}: a `conv:` list, an `mlp:` list, or both", "add e.g. `conv: [{channels: 32, stride: 2}]`")
+        raise SpecError(
+            "model",
+            f"kind `{kind}` needs {what}: a `conv:` list, an `mlp:` list, or both",
+            "add e.g. `conv: [{channels: 32, stride: 2}]`",
+        )
 
     if kind == "gan":
         conv_raw = _dcgan_input_layer(conv_raw, defaults)
@@ -673,7 +740,9 @@ def parse_model(raw: Any) -> ModelSpec:
     # activation or dropout it did not ask for itself.
     output_defaults = {k: v for k, v in defaults.items() if k == "bias"}
     mlp = tuple(
-        parse_linear(b, f"model.mlp[{i}]", output_defaults if head and i == len(mlp_raw) - 1 else defaults)
+        parse_linear(
+            b, f"model.mlp[{i}]", output_defaults if head and i == len(mlp_raw) - 1 else defaults
+        )
         for i, b in enumerate(mlp_raw)
     )
 
@@ -681,19 +750,31 @@ def parse_model(raw: Any) -> ModelSpec:
     if "latent" in m and m["latent"] is not None:
         latent = as_int(m["latent"], "model.latent")
     if kind in ("vae", "gan") and latent is None:
-        raise SpecError("model", f"kind `{kind}` needs `latent:` (the size of z)", "add e.g. `latent: 16`")
+        raise SpecError(
+            "model", f"kind `{kind}` needs `latent:` (the size of z)", "add e.g. `latent: 16`"
+        )
     if kind in ("mlp", "cnn"):
         for key in ("latent", "decoder", "output_activation"):
             if key in m:
-                raise SpecError(f"model.{key}", f"applies to autoencoders, VAEs and GANs, not kind `{kind}`", f"remove `{key}:`, or set `kind: autoencoder`")
+                raise SpecError(
+                    f"model.{key}",
+                    f"applies to autoencoders, VAEs and GANs, not kind `{kind}`",
+                    f"remove `{key}:`, or set `kind: autoencoder`",
+                )
     decoder = None
     if kind in ("autoencoder", "vae", "gan"):
         decoder = as_choice(m.get("decoder", "mirror"), "model.decoder", DECODERS)
     default_output = "tanh" if kind == "gan" else "none"  # GAN data are scaled to [-1, 1]
-    output_activation = as_choice(m.get("output_activation", default_output), "model.output_activation", ACTIVATIONS)
+    output_activation = as_choice(
+        m.get("output_activation", default_output), "model.output_activation", ACTIVATIONS
+    )
     generator = None
     if "generator" in m and kind != "gan":
-        raise SpecError("model.generator", f"applies to GANs, not kind `{kind}`", "remove `generator:`, or set `kind: gan`")
+        raise SpecError(
+            "model.generator",
+            f"applies to GANs, not kind `{kind}`",
+            "remove `generator:`, or set `kind: gan`",
+        )
     if kind == "gan":
         generator = _generator(m.get("generator") or {}, "conv" if conv else "mlp")
     return ModelSpec(kind, shape, conv, mlp, latent, decoder, output_activation, heads, generator)
@@ -702,7 +783,12 @@ def parse_model(raw: Any) -> ModelSpec:
 def _dcgan_input_layer(blocks: list[Any], defaults: dict[str, Any]) -> list[Any]:
     """DCGAN puts no BatchNorm on the discriminator's input layer: unless the first block
     or `defaults:` set a norm, it gets none."""
-    if blocks and isinstance(blocks[0], dict) and "norm" not in blocks[0] and "norm" not in defaults:
+    if (
+        blocks
+        and isinstance(blocks[0], dict)
+        and "norm" not in blocks[0]
+        and "norm" not in defaults
+    ):
         return [{**blocks[0], "norm": "none"}, *blocks[1:]]
     return blocks
 
@@ -713,7 +799,11 @@ def _generator(raw: Any, block: str) -> GeneratorSpec:
     check_keys(g, GENERATOR_KEYS, "model.generator", "`generator:`")
     base = GeneratorSpec()
     values = {
-        name: KEYS[name].check(g[name], f"model.generator.{name}", 0, block) if name in g else getattr(base, name)
+        name: (
+            KEYS[name].check(g[name], f"model.generator.{name}", 0, block)
+            if name in g
+            else getattr(base, name)
+        )
         for name in GENERATOR_KEYS
     }
     return GeneratorSpec(**values)
@@ -722,27 +812,51 @@ def _generator(raw: Any, block: str) -> GeneratorSpec:
 def _heads(raw: Any, kind: str) -> tuple[HeadSpec, ...]:
     """`heads: {name: {features, task, weight}}`: named outputs on a shared backbone."""
     if kind not in ("mlp", "cnn"):
-        raise SpecError("model.heads", f"multi-task heads apply to kinds mlp and cnn, not `{kind}`", "remove `heads:`")
+        raise SpecError(
+            "model.heads",
+            f"multi-task heads apply to kinds mlp and cnn, not `{kind}`",
+            "remove `heads:`",
+        )
     heads = as_mapping(raw, "model.heads", "`heads: {digit: {features: 10, task: classification}}`")
     if not 1 <= len(heads) <= MAX_HEADS:
-        raise SpecError("model.heads", f"needs 1 to {MAX_HEADS} heads, got {len(heads)}", "name each head, e.g. `digit: {features: 10}`")
+        raise SpecError(
+            "model.heads",
+            f"needs 1 to {MAX_HEADS} heads, got {len(heads)}",
+            "name each head, e.g. `digit: {features: 10}`",
+        )
     out = []
     for name, head in heads.items():
-        valid = isinstance(name, str) and PART_NAME_RE.fullmatch(name) and not keyword.iskeyword(name)
+        valid = (
+            isinstance(name, str) and PART_NAME_RE.fullmatch(name) and not keyword.iskeyword(name)
+        )
         where = f"model.heads.{name}" if valid else "model.heads"
         if not valid:
-            raise SpecError(where, f"{_printable(name)} is not a valid head name", "use lowercase letters, digits and `_`, starting with a letter (e.g. `digit`)")
+            raise SpecError(
+                where,
+                f"{_printable(name)} is not a valid head name",
+                "use lowercase letters, digits and `_`, starting with a letter (e.g. `digit`)",
+            )
         head = as_mapping(head, where, "`{features: 10, task: classification, weight: 1.0}`")
         check_keys(head, HEAD_KEYS, where, "a head")
         if "features" not in head:
-            raise SpecError(where, "missing key `features`", "give the head's output size, e.g. `features: 10`")
+            raise SpecError(
+                where, "missing key `features`", "give the head's output size, e.g. `features: 10`"
+            )
         features = as_int(head["features"], f"{where}.features")
         task = as_choice(head.get("task", "classification"), f"{where}.task", HEAD_TASKS)
         if task == "classification" and features < 2:
-            raise SpecError(f"{where}.features", f"a classification head needs one output per class, got {features}", "use 2 or more, or `task: regression`")
+            raise SpecError(
+                f"{where}.features",
+                f"a classification head needs one output per class, got {features}",
+                "use 2 or more, or `task: regression`",
+            )
         weight = as_float(head.get("weight", 1.0), f"{where}.weight", 0.0, 1000.0)
         if weight == 0:
-            raise SpecError(f"{where}.weight", "a weight of 0 means this head never trains", "use a positive weight, or remove the head")
+            raise SpecError(
+                f"{where}.weight",
+                "a weight of 0 means this head never trains",
+                "use a positive weight, or remove the head",
+            )
         out.append(HeadSpec(where, name, features, task, weight))
     return tuple(out)
 
@@ -761,7 +875,11 @@ def parse_train(raw: Any, kind: str, multitask: bool = False) -> TrainSpec:
     task = as_choice(t.get("task", natural), "train.task", TASKS)
     if task not in allowed:
         why = " with `heads:` (each head has its own task)" if multitask else ""
-        raise SpecError("train.task", f"task `{task}` does not fit kind `{kind}`{why}", f"use `task: {' or '.join(allowed)}`, or leave it out")
+        raise SpecError(
+            "train.task",
+            f"task `{task}` does not fit kind `{kind}`{why}",
+            f"use `task: {' or '.join(allowed)}`, or leave it out",
+        )
     opt = t.get("optimizer", {})
     if isinstance(opt, str):
         opt = {"name": opt}
@@ -772,8 +890,16 @@ def parse_train(raw: Any, kind: str, multitask: bool = False) -> TrainSpec:
     if kind in ("mlp", "cnn", "gan") and "beta" in t:
         raise SpecError("train.beta", "`beta` weighs the KL term of a VAE", "remove `beta:`")
     if kind == "autoencoder" and "beta" in t:
-        raise SpecError("train.beta", "`beta` weighs the KL term of a VAE, and this is a plain autoencoder", "remove `beta:`, or use `kind: vae`")
-    groups_raw = as_mapping(t.get("param_groups") or {}, "train.param_groups", "`param_groups: {features: {lr: 0.0001}}`")
+        raise SpecError(
+            "train.beta",
+            "`beta` weighs the KL term of a VAE, and this is a plain autoencoder",
+            "remove `beta:`, or use `kind: vae`",
+        )
+    groups_raw = as_mapping(
+        t.get("param_groups") or {},
+        "train.param_groups",
+        "`param_groups: {features: {lr: 0.0001}}`",
+    )
     param_groups = []
     for key, group in groups_raw.items():
         where = f"train.param_groups.{key}"
@@ -785,7 +911,11 @@ def parse_train(raw: Any, kind: str, multitask: bool = False) -> TrainSpec:
         param_groups.append((part, as_float(group["lr"], f"{where}.lr", 1e-12, 10.0)))
     freeze_raw = t.get("freeze") or []
     if not isinstance(freeze_raw, list):
-        raise SpecError("train.freeze", f"expected a list of part names, got {_type_name(freeze_raw)}", "e.g. `freeze: [features]`")
+        raise SpecError(
+            "train.freeze",
+            f"expected a list of part names, got {_type_name(freeze_raw)}",
+            "e.g. `freeze: [features]`",
+        )
     freeze = tuple(_part_name(name, f"train.freeze[{i}]") for i, name in enumerate(freeze_raw))
     return TrainSpec(
         task=task,
@@ -793,8 +923,12 @@ def parse_train(raw: Any, kind: str, multitask: bool = False) -> TrainSpec:
         batch_size=as_int(t.get("batch_size", 64), "train.batch_size", 1, 65536),
         optimizer=name,
         lr=as_float(opt.get("lr", 1e-3), "train.optimizer.lr", 1e-12, 10.0),
-        weight_decay=as_float(opt.get("weight_decay", WEIGHT_DECAY[name]), "train.optimizer.weight_decay", 0.0, 10.0),
-        momentum=as_float(opt.get("momentum", 0.9), "train.optimizer.momentum", 0.0, 1.0, hi_open=True),
+        weight_decay=as_float(
+            opt.get("weight_decay", WEIGHT_DECAY[name]), "train.optimizer.weight_decay", 0.0, 10.0
+        ),
+        momentum=as_float(
+            opt.get("momentum", 0.9), "train.optimizer.momentum", 0.0, 1.0, hi_open=True
+        ),
         scheduler=as_choice(scheduler, "train.scheduler", SCHEDULERS),
         beta=as_float(t.get("beta", 1.0), "train.beta", 0.0, 1000.0),
         seed=as_int(t.get("seed", 0), "train.seed", 0, 2**31 - 1),
@@ -806,7 +940,11 @@ def parse_train(raw: Any, kind: str, multitask: bool = False) -> TrainSpec:
 def _part_name(name: Any, where: str) -> str:
     """A name of a model part (checked against the plan by the builder)."""
     if not isinstance(name, str) or not PART_NAME_RE.fullmatch(name):
-        raise SpecError(where, f"{_type_name(name)} is not a part name", "use a part name from `scaffold show`, e.g. `features`")
+        raise SpecError(
+            where,
+            f"{_type_name(name)} is not a part name",
+            "use a part name from `scaffold show`, e.g. `features`",
+        )
     return name
 
 

@@ -6,12 +6,11 @@ import copy
 
 import pytest
 import yaml
+from conftest import EXAMPLES, check_rendered_model, torch_check_plan
 
 from scaffold.builders import plan_from_file, plan_from_raw
 from scaffold.errors import SpecError
 from scaffold.plan import Block, format_table
-
-from conftest import EXAMPLES, check_rendered_model, torch_check_plan
 
 CONTRACT = {"tabular-mlp", "digits-cnn", "conv-vae", "odd-autoencoder"}
 
@@ -66,12 +65,18 @@ def test_conv_vae_decoder():
         "nn.BatchNorm2d(32)",
         "nn.ReLU()",
     ]
-    assert last == ["nn.ConvTranspose2d(32, 1, kernel_size=3, stride=2, padding=1, output_padding=1)"]
+    assert last == [
+        "nn.ConvTranspose2d(32, 1, kernel_size=3, stride=2, padding=1, output_padding=1)"
+    ]
     assert plan.logits_output
     assert plan.part("fc_mu").out_shape == (16,)
     # z goes back through the norm and activation of the encoder's last block
     (fc_decode,) = plan.part("fc_decode").items
-    assert [layer.code for layer in fc_decode.layers] == ["nn.Linear(16, 3136, bias=False)", "nn.BatchNorm1d(3136)", "nn.ReLU()"]
+    assert [layer.code for layer in fc_decode.layers] == [
+        "nn.Linear(16, 3136, bias=False)",
+        "nn.BatchNorm1d(3136)",
+        "nn.ReLU()",
+    ]
 
 
 def test_defaults_fill_hidden_blocks_not_the_output_layer():
@@ -124,48 +129,102 @@ def test_mlp_autoencoder_and_vae_mirror():
     "model, where, words",
     [
         (
-            {"kind": "cnn", "input": [1, 8, 8], "defaults": {"kernel": 3, "stride": 2, "padding": 0},
-             "conv": [{"channels": 8}, {"channels": 16}, {"channels": 32}], "mlp": [{"features": 10}]},
+            {
+                "kind": "cnn",
+                "input": [1, 8, 8],
+                "defaults": {"kernel": 3, "stride": 2, "padding": 0},
+                "conv": [{"channels": 8}, {"channels": 16}, {"channels": 32}],
+                "mlp": [{"features": 10}],
+            },
             "model.conv[2]",
             ["1 x 1", "smaller than kernel 3"],
         ),
         (
-            {"kind": "cnn", "input": [1, 28, 28],
-             "defaults": {"kernel": 3, "padding": 1, "pool": {"kind": "max", "kernel": 2, "stride": 1}},
-             "conv": [{"channels": 16}, {"channels": 16}, {"channels": 32}],
-             "mlp": [{"in_features": 625, "features": 64}, {"features": 10}]},
+            {
+                "kind": "cnn",
+                "input": [1, 28, 28],
+                "defaults": {
+                    "kernel": 3,
+                    "padding": 1,
+                    "pool": {"kind": "max", "kernel": 2, "stride": 1},
+                },
+                "conv": [{"channels": 16}, {"channels": 16}, {"channels": 32}],
+                "mlp": [{"in_features": 625, "features": 64}, {"features": 10}],
+            },
             "model.mlp[0]",
             ["625", "32 x 25 x 25 = 20000", "in_features: 20000"],
         ),
         (
-            {"kind": "cnn", "input": [1, 28, 28], "conv": [{"chanels": 16}], "mlp": [{"features": 10}]},
+            {
+                "kind": "cnn",
+                "input": [1, 28, 28],
+                "conv": [{"chanels": 16}],
+                "mlp": [{"features": 10}],
+            },
             "model.conv[0]",
             ["unknown key `chanels`", "did you mean `channels`"],
         ),
         (
-            {"kind": "cnn", "input": [3, 8, 8], "conv": [{"channels": 4, "in_channels": 1}], "mlp": [{"features": 2}]},
+            {
+                "kind": "cnn",
+                "input": [3, 8, 8],
+                "conv": [{"channels": 4, "in_channels": 1}],
+                "mlp": [{"features": 2}],
+            },
             "model.conv[0]",
             ["in_channels 1", "3 channels"],
         ),
         (
-            {"kind": "cnn", "input": [1, 4, 4], "conv": [{"channels": 4, "kernel": 3, "pool": 3}], "mlp": [{"features": 2}]},
+            {
+                "kind": "cnn",
+                "input": [1, 4, 4],
+                "conv": [{"channels": 4, "kernel": 3, "pool": 3}],
+                "mlp": [{"features": 2}],
+            },
             "model.conv[0].pool",
             ["2 x 2", "pooling window 3"],
         ),
         (
-            {"kind": "cnn", "input": [1, 9, 9], "conv": [{"channels": 4, "pool": {"kernel": 2, "padding": 2}}],
-             "mlp": [{"features": 2}]},
+            {
+                "kind": "cnn",
+                "input": [1, 9, 9],
+                "conv": [{"channels": 4, "pool": {"kernel": 2, "padding": 2}}],
+                "mlp": [{"features": 2}],
+            },
             "model.conv[0].pool.padding",
             ["half the kernel"],
         ),
-        ({"kind": "mlp", "input": [4], "mlp": [{"features": 1}]}, "model.mlp[0]", ["one output per class"]),
+        (
+            {"kind": "mlp", "input": [4], "mlp": [{"features": 1}]},
+            "model.mlp[0]",
+            ["one output per class"],
+        ),
         ({"kind": "vae", "input": [4], "mlp": [{"features": 2}]}, "model", ["latent"]),
-        ({"kind": "cnn", "input": [1, 8, 8], "conv": [{"channels": 2, "kernel": [3, 3, 3]}], "mlp": [{"features": 2}]},
-         "model.conv[0].kernel", ["3 values", "2 spatial"]),
-        ({"kind": "mlp", "input": [4], "mlp": [{"features": -3}]}, "model.mlp[0].features", ["-3", "out of range"]),
-        ({"kind": "mlp", "input": [4], "mlp": [{"features": 2, "activation": "rleu"}]}, "model.mlp[0].activation",
-         ["did you mean `relu`"]),
-        ({"kind": "mlp", "input": [4], "mlp": [{"features": 2, "kernel": 3}]}, "model.mlp[0]", ["unknown key `kernel`"]),
+        (
+            {
+                "kind": "cnn",
+                "input": [1, 8, 8],
+                "conv": [{"channels": 2, "kernel": [3, 3, 3]}],
+                "mlp": [{"features": 2}],
+            },
+            "model.conv[0].kernel",
+            ["3 values", "2 spatial"],
+        ),
+        (
+            {"kind": "mlp", "input": [4], "mlp": [{"features": -3}]},
+            "model.mlp[0].features",
+            ["-3", "out of range"],
+        ),
+        (
+            {"kind": "mlp", "input": [4], "mlp": [{"features": 2, "activation": "rleu"}]},
+            "model.mlp[0].activation",
+            ["did you mean `relu`"],
+        ),
+        (
+            {"kind": "mlp", "input": [4], "mlp": [{"features": 2, "kernel": 3}]},
+            "model.mlp[0]",
+            ["unknown key `kernel`"],
+        ),
     ],
 )
 def test_rejects_name_location_and_shapes(model, where, words):
@@ -187,12 +246,22 @@ def test_rejected_shrinking_stack_really_fails_in_torch():
 
 
 def test_warnings_for_likely_mistakes():
-    plan = plan_from_raw({"model": {"kind": "mlp", "input": [4], "mlp": [
-        {"features": 8}, {"features": 1, "activation": "softmax"}]}, "train": {"task": "regression"}})
+    plan = plan_from_raw(
+        {
+            "model": {
+                "kind": "mlp",
+                "input": [4],
+                "mlp": [{"features": 8}, {"features": 1, "activation": "softmax"}],
+            },
+            "train": {"task": "regression"},
+        }
+    )
     messages = [w.render() for w in plan.warnings]
     assert any("model.mlp[1]" in m and "single output" in m for m in messages)
     assert any("model.mlp[0]" in m and "no activation" in m for m in messages)
-    plan = plan_from_raw({"model": {"kind": "mlp", "input": [4], "mlp": [{"features": 3, "activation": "softmax"}]}})
+    plan = plan_from_raw(
+        {"model": {"kind": "mlp", "input": [4], "mlp": [{"features": 3, "activation": "softmax"}]}}
+    )
     assert any("raw logits" in w.message for w in plan.warnings)
 
 
@@ -205,9 +274,21 @@ def test_show_table_fits_100_columns():
 
 def test_one_dimensional_and_three_dimensional_inputs():
     for shape in ([2, 51], [1, 7, 15, 9]):
-        spec = {"model": {"kind": "autoencoder", "input": shape,
-                          "defaults": {"kernel": 3, "stride": 2, "padding": 1, "activation": "relu", "norm": "batch"},
-                          "conv": [{"channels": 4}, {"channels": 8, "pool": 2}], "latent": 5}}
+        spec = {
+            "model": {
+                "kind": "autoencoder",
+                "input": shape,
+                "defaults": {
+                    "kernel": 3,
+                    "stride": 2,
+                    "padding": 1,
+                    "activation": "relu",
+                    "norm": "batch",
+                },
+                "conv": [{"channels": 4}, {"channels": 8, "pool": 2}],
+                "latent": 5,
+            }
+        }
         plan = plan_from_raw(spec)
         assert plan.output_shape == tuple(shape)
         torch_check_plan(plan)
@@ -222,19 +303,49 @@ def test_spec_is_not_mutated():
 
 RESIDUAL_SPECS = {
     "residual-mlp": {
-        "model": {"kind": "mlp", "input": [12], "defaults": {"norm": "batch", "activation": "relu"},
-                  "mlp": [{"features": 32}, {"features": 32, "residual": True}, {"features": 48, "residual": True, "scale": True},
-                          {"features": 48, "gate": True}, {"features": 3}]}},
+        "model": {
+            "kind": "mlp",
+            "input": [12],
+            "defaults": {"norm": "batch", "activation": "relu"},
+            "mlp": [
+                {"features": 32},
+                {"features": 32, "residual": True},
+                {"features": 48, "residual": True, "scale": True},
+                {"features": 48, "gate": True},
+                {"features": 3},
+            ],
+        }
+    },
     "residual-conv-ae": {
-        "model": {"kind": "autoencoder", "input": [3, 21, 17],
-                  "defaults": {"kernel": 3, "norm": "batch", "activation": "relu"},
-                  "conv": [{"channels": 8, "residual": True}, {"channels": 16, "stride": 2, "residual": True, "pool": 2},
-                           {"channels": 16, "residual": True, "kernel": 5}], "latent": 6}},
+        "model": {
+            "kind": "autoencoder",
+            "input": [3, 21, 17],
+            "defaults": {"kernel": 3, "norm": "batch", "activation": "relu"},
+            "conv": [
+                {"channels": 8, "residual": True},
+                {"channels": 16, "stride": 2, "residual": True, "pool": 2},
+                {"channels": 16, "residual": True, "kernel": 5},
+            ],
+            "latent": 6,
+        }
+    },
     "residual-vae-1d": {
-        "model": {"kind": "vae", "input": [2, 45], "defaults": {"activation": "gelu", "norm": "batch"},
-                  "conv": [{"channels": 4, "stride": 2, "residual": True}, {"channels": 8, "stride": 3, "residual": True}],
-                  "mlp": [{"features": 16, "residual": True, "scale": True}, {"features": 8, "gate": True}], "latent": 3,
-                  "output_activation": "sigmoid"}},
+        "model": {
+            "kind": "vae",
+            "input": [2, 45],
+            "defaults": {"activation": "gelu", "norm": "batch"},
+            "conv": [
+                {"channels": 4, "stride": 2, "residual": True},
+                {"channels": 8, "stride": 3, "residual": True},
+            ],
+            "mlp": [
+                {"features": 16, "residual": True, "scale": True},
+                {"features": 8, "gate": True},
+            ],
+            "latent": 3,
+            "output_activation": "sigmoid",
+        }
+    },
 }
 
 
@@ -244,7 +355,9 @@ def test_residual_and_gated_blocks_match_torch_and_mirror(name):
     plan = plan_from_raw(spec)
     torch_check_plan(plan)
     check_rendered_model(plan, spec)
-    assert plan.output_shape == (3,) if plan.kind == "mlp" else plan.output_shape == plan.input_shape
+    assert (
+        plan.output_shape == (3,) if plan.kind == "mlp" else plan.output_shape == plan.input_shape
+    )
     classes = plan.block_classes()
     if plan.kind != "mlp":
         assert "ResidualUpBlock" in classes  # residual conv blocks are mirrored as residual blocks
@@ -253,7 +366,9 @@ def test_residual_and_gated_blocks_match_torch_and_mirror(name):
 def test_residual_projection_only_where_shapes_change():
     plan = plan_from_raw(RESIDUAL_SPECS["residual-conv-ae"])
     blocks = [b for b in plan.part("encoder").items if isinstance(b, Block)]
-    shortcuts = [[layer.code for layer in b.layers if layer.role.startswith("shortcut.")] for b in blocks]
+    shortcuts = [
+        [layer.code for layer in b.layers if layer.role.startswith("shortcut.")] for b in blocks
+    ]
     assert shortcuts == [
         ["nn.Conv2d(3, 8, kernel_size=1, bias=False)", "nn.BatchNorm2d(8)"],
         ["nn.Conv2d(8, 16, kernel_size=1, stride=2, bias=False)", "nn.BatchNorm2d(16)"],
@@ -262,8 +377,14 @@ def test_residual_projection_only_where_shapes_change():
 
 
 def test_residual_conv_block_with_wrong_padding_is_rejected():
-    spec = {"model": {"kind": "cnn", "input": [1, 8, 8], "conv": [{"channels": 4, "residual": True, "padding": 0}],
-                      "mlp": [{"features": 2}]}}
+    spec = {
+        "model": {
+            "kind": "cnn",
+            "input": [1, 8, 8],
+            "conv": [{"channels": 4, "residual": True, "padding": 0}],
+            "mlp": [{"features": 2}],
+        }
+    }
     with pytest.raises(SpecError) as info:
         plan_from_raw(spec)
     assert info.value.where == "model.conv[0].padding" and "padding 1" in info.value.render()
@@ -272,9 +393,21 @@ def test_residual_conv_block_with_wrong_padding_is_rejected():
 def test_avg_pool_3d_needs_the_unpadded_volume_to_cover_the_kernel():
     # found by the property test: torch's AvgPool3d (unlike AvgPool2d or MaxPool3d) rejects
     # an input smaller than the kernel even when the padding would cover it
-    spec = {"model": {"kind": "cnn", "input": [1, 2, 2, 2],
-                      "conv": [{"channels": 1, "kernel": 4, "padding": 1, "pool": {"kind": "avg", "kernel": 2, "stride": 1, "padding": 1}}],
-                      "mlp": [{"features": 2}]}}
+    spec = {
+        "model": {
+            "kind": "cnn",
+            "input": [1, 2, 2, 2],
+            "conv": [
+                {
+                    "channels": 1,
+                    "kernel": 4,
+                    "padding": 1,
+                    "pool": {"kind": "avg", "kernel": 2, "stride": 1, "padding": 1},
+                }
+            ],
+            "mlp": [{"features": 2}],
+        }
+    }
     with pytest.raises(SpecError) as info:
         plan_from_raw(spec)
     assert info.value.where == "model.conv[0].pool"
@@ -283,13 +416,34 @@ def test_avg_pool_3d_needs_the_unpadded_volume_to_cover_the_kernel():
         torch.nn.AvgPool3d(2, 1, 1)(torch.empty(1, 1, 1, 1, 1))
 
 
-MULTITASK = {"model": {"kind": "cnn", "input": [1, 20, 20],
-                       "defaults": {"kernel": 3, "padding": 1, "norm": "batch", "activation": "relu"},
-                       "conv": [{"channels": 4, "pool": 2}], "mlp": [{"features": 16}],
-                       "heads": {"digit": {"features": 10}, "size": {"features": 1, "task": "regression", "weight": 0.5}}}}
-GAN = {"model": {"kind": "gan", "input": [3, 27, 19],
-                 "defaults": {"kernel": 4, "stride": 2, "padding": 1, "activation": "leaky_relu", "norm": "batch"},
-                 "conv": [{"channels": 8, "norm": "none"}, {"channels": 16}], "latent": 10}}
+MULTITASK = {
+    "model": {
+        "kind": "cnn",
+        "input": [1, 20, 20],
+        "defaults": {"kernel": 3, "padding": 1, "norm": "batch", "activation": "relu"},
+        "conv": [{"channels": 4, "pool": 2}],
+        "mlp": [{"features": 16}],
+        "heads": {
+            "digit": {"features": 10},
+            "size": {"features": 1, "task": "regression", "weight": 0.5},
+        },
+    }
+}
+GAN = {
+    "model": {
+        "kind": "gan",
+        "input": [3, 27, 19],
+        "defaults": {
+            "kernel": 4,
+            "stride": 2,
+            "padding": 1,
+            "activation": "leaky_relu",
+            "norm": "batch",
+        },
+        "conv": [{"channels": 8, "norm": "none"}, {"channels": 16}],
+        "latent": 10,
+    }
+}
 
 
 def test_multitask_heads_share_the_trunk():
@@ -308,7 +462,11 @@ def test_gan_generator_is_the_discriminator_transposed():
     assert plan.task == "adversarial" and plan.output_activation == "tanh"
     assert plan.part("generator").out_shape == (3, 27, 19)  # odd sizes come back exactly
     assert plan.part("discriminator").out_shape == (1,)
-    ops = [layer.op for item in plan.part("generator").items for layer in (item.layers if isinstance(item, Block) else (item,))]
+    ops = [
+        layer.op
+        for item in plan.part("generator").items
+        for layer in (item.layers if isinstance(item, Block) else (item,))
+    ]
     assert ops[-1] == "Tanh" and "ConvTranspose2d" in ops
     torch_check_plan(plan)
     check_rendered_model(plan, GAN)
@@ -317,11 +475,31 @@ def test_gan_generator_is_the_discriminator_transposed():
 @pytest.mark.parametrize(
     "model, where, words",
     [
-        ({**MULTITASK["model"], "heads": {"a": {"features": 3, "weight": 0}}}, "model.heads.a.weight", ["never trains"]),
-        ({**MULTITASK["model"], "heads": {"a": {"features": 1}}}, "model.heads.a.features", ["one output per class"]),
-        ({**MULTITASK["model"], "heads": {"Bad-Name": {"features": 3}}}, "model.heads", ["not a valid head name"]),
-        ({**MULTITASK["model"], "heads": {"a": {"features": 3, "tsk": "regression"}}}, "model.heads.a", ["did you mean `task`"]),
-        ({**GAN["model"], "kind": "autoencoder", "heads": {"a": {"features": 3}}}, "model.heads", ["mlp and cnn"]),
+        (
+            {**MULTITASK["model"], "heads": {"a": {"features": 3, "weight": 0}}},
+            "model.heads.a.weight",
+            ["never trains"],
+        ),
+        (
+            {**MULTITASK["model"], "heads": {"a": {"features": 1}}},
+            "model.heads.a.features",
+            ["one output per class"],
+        ),
+        (
+            {**MULTITASK["model"], "heads": {"Bad-Name": {"features": 3}}},
+            "model.heads",
+            ["not a valid head name"],
+        ),
+        (
+            {**MULTITASK["model"], "heads": {"a": {"features": 3, "tsk": "regression"}}},
+            "model.heads.a",
+            ["did you mean `task`"],
+        ),
+        (
+            {**GAN["model"], "kind": "autoencoder", "heads": {"a": {"features": 3}}},
+            "model.heads",
+            ["mlp and cnn"],
+        ),
         ({k: v for k, v in GAN["model"].items() if k != "latent"}, "model", ["latent"]),
     ],
 )
@@ -334,8 +512,15 @@ def test_heads_and_gan_rejects(model, where, words):
 
 
 def test_optimizer_name_survives_param_groups():
-    spec = {"model": {"kind": "cnn", "input": [1, 8, 8], "conv": [{"channels": 2, "activation": "relu"}], "mlp": [{"features": 2}]},
-            "train": {"optimizer": {"name": "sgd"}, "param_groups": {"features": {"lr": 0.01}}}}
+    spec = {
+        "model": {
+            "kind": "cnn",
+            "input": [1, 8, 8],
+            "conv": [{"channels": 2, "activation": "relu"}],
+            "mlp": [{"features": 2}],
+        },
+        "train": {"optimizer": {"name": "sgd"}, "param_groups": {"features": {"lr": 0.01}}},
+    }
     plan = plan_from_raw(spec)
     assert plan.train.optimizer == "sgd"
     assert plan.train.param_groups == (("features", 0.01),)
@@ -346,7 +531,9 @@ def test_a_thousand_layer_mlp_validates_and_matches_torch(tmp_path, env):
     from conftest import run_cli
 
     blocks = ", ".join(["{features: 16, norm: batch, activation: relu}"] * 999 + ["{features: 3}"])
-    (tmp_path / "deep.yaml").write_text(f"project: deep\nmodel: {{kind: mlp, input: [16], mlp: [{blocks}]}}\n")
+    (tmp_path / "deep.yaml").write_text(
+        f"project: deep\nmodel: {{kind: mlp, input: [16], mlp: [{blocks}]}}\n"
+    )
     result = run_cli("validate", "deep.yaml", cwd=tmp_path, env=env)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("ok: deep: mlp, (B, 16) -> (B, 3), 2998 layers, ")

@@ -674,10 +674,12 @@ def mutate(draw, spec: dict) -> Mutant:
         from scaffold.plan import Block
 
         j = draw(st.integers(0, len(mlp) - 1))
-        block = next(item for part in plan.parts for item in part.items
-                     if isinstance(item, Block) and item.where == f"model.mlp[{j}]")
+        inputs = {item.where: item.in_shape for part in plan.parts for item in part.items
+                  if isinstance(item, Block)}
+        if plan.has_part("head"):  # a plain output layer is an nn.Linear, not a block
+            inputs.setdefault(f"model.mlp[{len(mlp) - 1}]", plan.part("head").in_shape)
         mutated = copy.deepcopy(spec)
-        mutated["model"]["mlp"][j]["in_features"] = block.in_shape[0] + draw(st.integers(1, 5))
+        mutated["model"]["mlp"][j]["in_features"] = inputs[f"model.mlp[{j}]"][0] + draw(st.integers(1, 5))
         return Mutant(mutated, category, (f"model.mlp[{j}]",), shapes=True)
 
     if category == "unknown key":

@@ -1,0 +1,258 @@
+"""Models compared with the field's references, not with themselves.
+
+* examples/dcgan.yaml is the PyTorch DCGAN tutorial's pair of networks (Radford et al.,
+  2016): the reference below is written from the paper's description, layer for layer.
+* No decoder, generator or projection composes two affine layers (Linear, Conv,
+  ConvTranspose) without a nonlinearity between them unless the user's own encoder does:
+  every reference VAE applies the hidden activation after its sampler (h = relu(fc3(z))).
+* A conv VAE trained with bf16 autocast (--amp) keeps a finite, decreasing loss: its loss
+  works on logits.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import types
+
+import pytest
+import yaml
+from conftest import EXAMPLES, ROOT, render_template, run_cli
+from hypothesis import given, settings
+from test_fuzz import FUZZ, valid_specs
+
+from scaffold.builders import plan_from_raw
+from scaffold.plan import Block
+from scaffold.spec import parse_spec
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+NZ, NGF, NDF, NC = 100, 64, 64, 3
+
+
+def dcgan_generator() -> nn.Sequential:
+    """The DCGAN tutorial's generator: z (nz x 1 x 1) -> 64 x 64 x 3, BatchNorm and ReLU on
+    every hidden layer, tanh at the output, no bias."""
+    return nn.Sequential(
+        nn.ConvTranspose2d(NZ, NGF * 8, 4, 1, 0, bias=False), nn.BatchNorm2d(NGF * 8), nn.ReLU(True),
+        nn.ConvTranspose2d(NGF * 8, NGF * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(NGF * 4), nn.ReLU(True),
+        nn.ConvTranspose2d(NGF * 4, NGF * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(NGF * 2), nn.ReLU(True),
+        nn.ConvTranspose2d(NGF * 2, NGF, 4, 2, 1, bias=False), nn.BatchNorm2d(NGF), nn.ReLU(True),
+        nn.ConvTranspose2d(NGF, NC, 4, 2, 1, bias=False), nn.Tanh(),
+    )  # fmt: skip
+
+
+def dcgan_discriminator() -> nn.Sequential:
+    """The DCGAN tutorial's discriminator: LeakyReLU(0.2), BatchNorm except on the input
+    layer, a last 4 x 4 convolution to one value (its sigmoid lives in our loss: logits)."""
+    return nn.Sequential(
+        nn.Conv2d(NC, NDF, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(NDF, NDF * 2, 4, 2, 1, bias=False), nn.BatchNorm2d(NDF * 2), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(NDF * 2, NDF * 4, 4, 2, 1, bias=False), nn.BatchNorm2d(NDF * 4), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(NDF * 4, NDF * 8, 4, 2, 1, bias=False), nn.BatchNorm2d(NDF * 8), nn.LeakyReLU(0.2, inplace=True),
+        nn.Conv2d(NDF * 8, 1, 4, 1, 0, bias=False),
+    )  # fmt: skip
+
+
+def describe(module: nn.Module) -> list[tuple]:
+    """The computing leaves in order, with what defines each (sizes, geometry, bias, slope)."""
+    rows = []
+    for leaf in module.modules():
+        if list(leaf.children()) or isinstance(leaf, (nn.Flatten, nn.Unflatten, nn.Identity)):
+            continue
+        if isinstance(leaf, (nn.Conv2d, nn.ConvTranspose2d)):
+            row = (type(leaf).__name__, leaf.in_channels, leaf.out_channels, leaf.kernel_size, leaf.stride,
+                   leaf.padding, leaf.bias is not None)  # fmt: skip
+        elif isinstance(leaf, nn.BatchNorm2d):
+            row = ("BatchNorm2d", leaf.num_features)
+        elif isinstance(leaf, nn.LeakyReLU):
+            row = ("LeakyReLU", leaf.negative_slope)
+        else:
+            row = (type(leaf).__name__,)
+        rows.append(row)
+    return rows
+
+
+def build_model(spec: dict, project: str):
+    source = render_template("src/{{package_name}}/model.py.jinja", spec, project)
+    module = types.ModuleType(f"{project}_model")
+    exec(compile(source, "model.py", "exec"), module.__dict__)
+    plan = plan_from_raw(spec, project)
+    torch.manual_seed(0)
+    return getattr(module, plan.class_name)(), plan
+
+
+def count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_dcgan_example_is_the_tutorials_networks_layer_for_layer():
+    spec = yaml.safe_load((ROOT / "examples" / "dcgan.yaml").read_text())
+    model, plan = build_model(spec, "dcgan")
+    generator, discriminator = dcgan_generator(), dcgan_discriminator()
+    assert describe(model.generator) == describe(generator)
+    assert describe(model.discriminator) == describe(discriminator)
+    assert count(model.generator) == count(generator) == 3_576_704
+    assert count(model.discriminator) == count(discriminator) == 2_765_568
+    assert (
+        plan.part("generator").params == 3_576_704
+        and plan.part("discriminator").params == 2_765_568
+    )
+    z = torch.randn(2, NZ)
+    assert tuple(model.generator(z).shape) == (2, NC, 64, 64)
+    assert tuple(model.discriminator(torch.randn(2, NC, 64, 64)).shape) == (2, 1)
+
+
+def test_the_dcgan_tutorial_trains_with_the_same_weights_as_ours():
+    """Same weights, same inputs: our networks compute exactly the reference's outputs."""
+    spec = yaml.safe_load((ROOT / "examples" / "dcgan.yaml").read_text())
+    model, _ = build_model(spec, "dcgan")
+    generator, discriminator = dcgan_generator(), dcgan_discriminator()
+    ours_g = [p for p in model.generator.parameters()]
+    for mine, theirs in zip(ours_g, generator.parameters(), strict=True):
+        theirs.data.copy_(mine.data)
+    for mine, theirs in zip(
+        model.discriminator.parameters(), discriminator.parameters(), strict=True
+    ):
+        theirs.data.copy_(mine.data)
+    model.eval(), generator.eval(), discriminator.eval()
+    z = torch.randn(3, NZ)
+    torch.testing.assert_close(model.generator(z), generator(z.view(3, NZ, 1, 1)))
+    x = torch.rand(3, NC, 64, 64) * 2 - 1
+    torch.testing.assert_close(model.discriminator(x), discriminator(x).view(3, 1))
+
+
+# --------------------------------------------------------------------------- affine pairs
+
+AFFINE = (
+    "Linear",
+    "Conv1d",
+    "Conv2d",
+    "Conv3d",
+    "ConvTranspose1d",
+    "ConvTranspose2d",
+    "ConvTranspose3d",
+)
+RESIDUAL = ("ResidualLinearBlock", "ResidualConvBlock", "ResidualUpBlock")
+
+
+def decoder_path(plan) -> list[tuple[str, str]]:
+    """(module path, "affine" | "nonlinear") along the path from the code (z) to the output."""
+    names = {"vae": ("fc_decode", "decoder"), "autoencoder": ("decoder",), "gan": ("generator",)}[
+        plan.kind
+    ]
+    steps = []
+    for path, part, item in plan.items():
+        if part.name not in names:
+            continue
+        if isinstance(item, Block) and item.cls in RESIDUAL:
+            # conv1, norm1, act, conv2, norm2, then act(out + identity): ends non-linear if it has an act
+            steps.append((path, "affine"))
+            if any(layer.role == "act" for layer in item.layers):
+                steps.append((path, "nonlinear"))
+            continue
+        layers = item.layers if isinstance(item, Block) else (item,)
+        for layer in layers:
+            if "." in layer.role:  # inside a member (the gate's own Linear): the member counts
+                continue
+            if layer.op == "Gate":  # x * sigmoid(fc(x))
+                steps.append((f"{path}.gate", "nonlinear"))
+            elif layer.op in AFFINE:
+                steps.append(
+                    (f"{path}.{layer.role}" if isinstance(item, Block) else path, "affine")
+                )
+            elif layer.role == "act":
+                steps.append((f"{path}.act", "nonlinear"))
+    return steps
+
+
+def affine_pairs(plan) -> list[tuple[str, str]]:
+    steps = decoder_path(plan)
+    return [(a[0], b[0]) for a, b in zip(steps, steps[1:]) if a[1] == b[1] == "affine"]
+
+
+def user_asked_for_linear_stacking(spec) -> bool:
+    """The user's own encoder (or generator setting) has a hidden block without activation."""
+    model = spec.model
+    if model.kind == "gan":
+        return model.generator.activation == "none"
+    return any(block.activation == "none" for block in (*model.conv, *model.mlp))
+
+
+def decoder_specs() -> list[tuple[str, dict]]:
+    out = []
+    for path in EXAMPLES:
+        raw = yaml.safe_load(path.read_text())
+        if raw["model"]["kind"] in ("autoencoder", "vae", "gan"):
+            out.append((path.stem, raw))
+    return out
+
+
+@pytest.mark.parametrize("name,raw", decoder_specs(), ids=[n for n, _ in decoder_specs()])
+def test_no_two_affine_layers_in_a_row_in_example_decoders(name, raw):
+    plan = plan_from_raw(raw)
+    assert decoder_path(plan), name
+    if user_asked_for_linear_stacking(parse_spec(raw)):
+        pytest.skip("the spec itself stacks linear layers")
+    assert affine_pairs(plan) == []
+
+
+WALKED = {"walked": 0, "stacked by the spec": 0}
+
+
+@settings(FUZZ, max_examples=120)
+@given(raw=valid_specs().filter(lambda raw: raw["model"]["kind"] in ("autoencoder", "vae", "gan")))
+def test_no_two_affine_layers_in_a_row_in_fuzzed_decoders(raw):
+    spec = parse_spec(raw)
+    if user_asked_for_linear_stacking(spec):
+        WALKED["stacked by the spec"] += 1
+        return
+    plan = plan_from_raw(raw)
+    assert decoder_path(plan)
+    assert affine_pairs(plan) == [], json.dumps(raw)
+    WALKED["walked"] += 1
+
+
+def test_an_mlp_vae_decoder_is_not_linear_in_z():
+    """784 -> 400 -> z: the decoder is relu(fc_decode(z)) -> Linear -> (sigmoid in the loss),
+    as in the PyTorch VAE example, not sigmoid(W2 (W1 z + b1) + b2)."""
+    spec = {"model": {"kind": "vae", "input": [784], "mlp": [{"features": 400, "activation": "relu"}],
+                      "latent": 20, "output_activation": "sigmoid"}}  # fmt: skip
+    model, plan = build_model(spec, "mlp-vae")
+    assert [type(m).__name__ for m in model.fc_decode.children()] == ["Linear", "ReLU"]
+    assert [type(m).__name__ for m in model.decoder.modules() if not list(m.children())] == [
+        "Linear"
+    ]
+    assert affine_pairs(plan) == []
+
+
+# --------------------------------------------------------------------------- bf16
+
+
+def test_amp_conv_vae_loss_is_finite_and_decreasing(tmp_path, env):
+    """bf16 autocast on the conv VAE: a sigmoid in bf16 rounds outputs near 1 to 1.0 and BCE
+    saturates; on logits the loss stays finite and keeps going down."""
+    project = tmp_path / "conv-vae"
+    result = run_cli(
+        "new", project, "--spec", ROOT / "examples" / "conv-vae.yaml", cwd=tmp_path, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    out = tmp_path / "runs"
+    run = subprocess.run(
+        [sys.executable, "-m", "conv_vae.train", "--epochs", "3", "--amp", "--out", str(out),
+         "--device", "cpu"],  # fmt: skip
+        cwd=project,
+        env={**env, "PYTHONPATH": str(project / "src")},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    (metrics,) = out.rglob("metrics.jsonl")
+    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
+    losses = [row["train_loss"] if "train_loss" in row else row["loss"] for row in rows]
+    assert len(losses) == 3, rows
+    assert all(loss == loss and abs(loss) < float("inf") for loss in losses), losses
+    assert losses[0] > losses[1] > losses[2], losses
