@@ -5,12 +5,12 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES, ROOT, run_cli
 
-RUFF = shutil.which("ruff", path=str(ROOT / ".venv" / "bin")) or shutil.which("ruff")
+RUFF = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
 pytestmark = pytest.mark.skipif(RUFF is None, reason="ruff is in the test extra")
 
 
