@@ -461,7 +461,7 @@ class AutoencoderBuilder(Builder):
                 items.append(L.flatten(start))
             items.append(L.linear(flat, latent, True))
             # back to the encoder's output, through the activation the encoder's output had
-            note = f"norm, act of {enc.specs[-1].where}"
+            note = f"projects the code back to {enc.specs[-1].where}'s output"
             decoder.append(dense("decoder.0", latent, flat, enc.last_style(), None, note))
             if len(start) > 1:
                 decoder.append(L.unflatten(start))
@@ -507,10 +507,12 @@ class VAEBuilder(AutoencoderBuilder):
         mirror(
             enc, decoder, start, "decoder", None, self.output_style(), self.ndim, self.model.input
         )
-        note = f"norm, act of {enc.specs[-1].where}"
-        fc_decode = dense("fc_decode", latent, flat, enc.last_style(), None, note)
-        decode_doc = "z -> encoder output" + (
-            "" if isinstance(fc_decode, Layer) else f", the {note}"
+        last = enc.specs[-1].where
+        fc_decode = dense(
+            "fc_decode", latent, flat, enc.last_style(), None, f"z back to {last}'s output"
+        )
+        decode_doc = "z back to the encoder's output" + (
+            "" if isinstance(fc_decode, Layer) else f", with {last}'s norm and activation"
         )
         parts = [
             Part(
@@ -571,7 +573,7 @@ class GANBuilder(Builder):
                 generator.append(L.unflatten(start))
         else:
             critic.append(L.linear(flat, 1, True))  # one real/fake logit
-            note = "generator norm, act"
+            note = "projects z"
             generator.append(dense("generator.0", latent, flat, hidden, None, note))
             if len(start) > 1:
                 generator.append(L.unflatten(start))
