@@ -291,3 +291,111 @@ def _order(args: tuple) -> tuple:
         key=lambda a: _KEYWORD_ORDER.index(a[0]),
     )
     return tuple(positional + keywords)
+
+
+# --------------------------------------------------------------------------- sequences
+
+
+def token_embedding(
+    where: str,
+    vocab: int,
+    features: int,
+    context: int,
+    positions: bool,
+    dropout: float,
+    cls_token: bool,
+) -> Block:
+    """TokenEmbedding: wte (token ids -> vectors), [cls_token], [wpe (learned positions)], [drop]."""
+    length = context + (1 if cls_token else 0)
+    shape = (length, features)
+    layers = [L.embedding(vocab, features, (context, features), "wte")]
+    if cls_token:
+        layers.append(L.parameter("cls_token", (1, features), features))
+    if positions:
+        layers.append(L.embedding(length, features, shape, "wpe"))
+    layers.append(L.dropout(dropout, shape))  # always there, as in nanoGPT (p may be 0)
+    args: tuple = (vocab, features, context)
+    if dropout:
+        args += (("dropout", dropout),)
+    return Block("TokenEmbedding", where, (context,), tuple(layers), args, out=shape)
+
+
+def transformer_block(
+    where: str,
+    length: int,
+    features: int,
+    heads: int,
+    mlp_ratio: int,
+    activation: str,
+    dropout: float,
+    bias: bool,
+    causal: bool,
+    note: str = "",
+) -> Block:
+    """TransformerBlock, nanoGPT's Block: x + attn(ln_1(x)), then x + mlp(ln_2(x))."""
+    shape = (length, features)
+    hidden = mlp_ratio * features
+    c_attn = L.linear(features, 3 * features, bias, role="attn.c_attn")
+    c_attn = replace(c_attn, out_shape=(length, 3 * features))
+    attn_proj = replace(L.linear(features, features, bias, role="attn.c_proj"), out_shape=shape)
+    c_fc = replace(L.linear(features, hidden, bias, role="mlp.c_fc"), out_shape=(length, hidden))
+    mlp_proj = replace(L.linear(hidden, features, bias, role="mlp.c_proj"), out_shape=shape)
+    attn_params = c_attn.params + attn_proj.params
+    attn = [
+        Layer("attn", "SelfAttention", (features, heads), shape, attn_params),
+        c_attn,
+        attn_proj,
+        replace(L.dropout(dropout, shape), role="attn.resid_dropout"),
+    ]
+    mlp = [
+        Layer("mlp", "MLP", (features, hidden), shape, c_fc.params + mlp_proj.params),
+        c_fc,
+        replace(L.activation(activation, (length, hidden)), role="mlp.act"),
+        mlp_proj,
+        replace(L.dropout(dropout, shape), role="mlp.dropout"),
+    ]
+    layers = [
+        L.layer_norm(features, shape, bias, "ln_1"),
+        *attn,
+        L.layer_norm(features, shape, bias, "ln_2"),
+        *mlp,
+    ]
+    args: tuple = (features, heads)
+    if mlp_ratio != 4:
+        args += (("mlp_ratio", mlp_ratio),)
+    if dropout:
+        args += (("dropout", dropout),)
+    if not bias:
+        args += (("bias", False),)
+    if not causal:
+        args += (("causal", False),)
+    if activation != "gelu":
+        args += (("act_layer", L.activation_layer(activation)),)
+    return Block("TransformerBlock", where, shape, tuple(layers), args, note)
+
+
+def recurrent_block(
+    where: str,
+    kind: str,
+    length: int,
+    in_features: int,
+    hidden: int,
+    layers: int,
+    bidirectional: bool,
+    dropout: float,
+) -> Block:
+    """RecurrentBlock: an nn.GRU or nn.LSTM over the sequence, returning every position's output."""
+    out = (length, hidden * (2 if bidirectional else 1))
+    rnn = L.recurrent(kind, in_features, hidden, layers, bidirectional, dropout, out)
+    args: tuple = (
+        in_features,
+        hidden,
+        ("rnn_layer", Code("nn.GRU" if kind == "gru" else "nn.LSTM")),
+    )
+    if layers != 1:
+        args += (("num_layers", layers),)
+    if bidirectional:
+        args += (("bidirectional", True),)
+    if dropout:
+        args += (("dropout", dropout),)
+    return Block("RecurrentBlock", where, (length, in_features), (rnn,), args)

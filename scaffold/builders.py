@@ -345,6 +345,33 @@ class Builder:
                 f"{', '.join(frozen_groups)} frozen, so the learning rate given for it is unused",
             )
 
+    def output_part(self, spec_out: LinearSpec, in_features: int) -> Part:
+        """The `head` part: the last mlp block, the model's output layer (mlp, cnn, seq)."""
+        if spec_out.residual or spec_out.gate:
+            raise SpecError(
+                spec_out.where,
+                "the output layer cannot be residual or gated: it maps features to the outputs",
+                "add a plain block at the end, e.g. `{features: 10}`",
+            )
+        classify = self.spec.train.task == "classification"
+        if classify and spec_out.features < 2:
+            raise SpecError(
+                spec_out.where,
+                f"a classifier needs one output per class, but the output layer has {spec_out.features}",
+                "set `features:` to the number of classes (2 for a binary problem)",
+            )
+        if classify and spec_out.activation != "none":
+            self.warn(
+                spec_out.where,
+                f"the output layer applies {spec_out.activation}, but the classification loss "
+                "(cross entropy) expects raw logits; use `activation: none`",
+            )
+        head = dense(
+            spec_out.where, in_features, spec_out.features, style_of(spec_out), spec_out.bias
+        )
+        doc = "Output layer, one logit per class" if classify else "Output layer"
+        return Part("head", doc, (in_features,), (head,), sequential=False)
+
     def output_style(self) -> Style:
         """The decoder's last layer: the output activation, or none where forward returns
         logits (a sigmoid output of a reconstruction model: the loss applies it)."""
@@ -388,37 +415,10 @@ class HeadBuilder(Builder):
         if self.model.heads:
             return self._multitask(parts, enc, linears)
         spec_out = self.model.mlp[-1]
-        if spec_out.residual or spec_out.gate:
-            raise SpecError(
-                spec_out.where,
-                "the output layer cannot be residual or gated: it maps features to the outputs",
-                "add a plain block at the end, e.g. `{features: 10}`",
-            )
         if len(linears) > 1:
             parts.append(Part("trunk", "Hidden layers.", linears[0].in_shape, tuple(linears[:-1])))
-        classify = self.spec.train.task == "classification"
-        head = dense(
-            spec_out.where,
-            linears[-1].in_shape[0],
-            spec_out.features,
-            style_of(spec_out),
-            spec_out.bias,
-        )
-        doc = "Output layer, one logit per class" if classify else "Output layer"
-        parts.append(Part("head", doc, linears[-1].in_shape, (head,), sequential=False))
-        if classify:
-            if spec_out.features < 2:
-                raise SpecError(
-                    spec_out.where,
-                    f"a classifier needs one output per class, but the output layer has {spec_out.features}",
-                    "set `features:` to the number of classes (2 for a binary problem)",
-                )
-            if spec_out.activation != "none":
-                self.warn(
-                    spec_out.where,
-                    f"the output layer applies {spec_out.activation}, but the classification loss "
-                    "(cross entropy) expects raw logits; use `activation: none`",
-                )
+        parts.append(self.output_part(spec_out, linears[-1].in_shape[0]))
+        head = parts[-1].items[0]
         return self.plan(parts, head.out_shape)
 
     def _multitask(self, parts: list[Part], enc: Encoder, linears: list[Block]) -> Plan:
@@ -604,12 +604,190 @@ class GANBuilder(Builder):
         return self.plan(parts, generator[-1].out_shape)
 
 
+class SequenceBuilder(Builder):
+    """`lm` and `seq`: token ids (B, T) -> TokenEmbedding -> blocks over the sequence (`h`,
+    transformer or recurrent) -> [final LayerNorm `ln_f`] -> either `lm_head` to the vocabulary
+    at every position (lm), or a pooling over time and an mlp head (seq)."""
+
+    def build(self) -> Plan:
+        model = self.model
+        assert model.vocab is not None
+        (context,) = model.input
+        seq = list(model.seq)
+        first = seq[0]
+        if first.type != "embedding":
+            raise SpecError(
+                first.where,
+                f"a sequence model starts from token ids, but its first block is a {first.type}",
+                "start `seq:` with `{type: embedding, features: 64}`",
+            )
+        pool = seq[-1] if seq[-1].type == "pool" else None
+        self._check_order(seq, pool)
+        cls_token = pool is not None and pool.mode == "cls"
+        assert first.features is not None
+        embed = B.token_embedding(
+            first.where, model.vocab, first.features, context, first.position == "learned",
+            first.dropout, cls_token,
+        )  # fmt: skip
+        length, width = embed.out_shape
+        trail = [f"input {context} tokens", f"{first.where} -> {length} x {width}"]
+        blocks: list[Item] = []
+        final_norm: Layer | None = None
+        for spec in seq[1 : len(seq) - (1 if pool else 0)]:
+            if spec.type == "transformer":
+                self._check_heads(spec, width, trail)
+                assert spec.heads is not None
+                for n in range(spec.layers):
+                    where = (
+                        spec.where
+                        if spec.layers == 1
+                        else f"{spec.where} layer {n + 1} of {spec.layers}"
+                    )
+                    blocks.append(
+                        B.transformer_block(
+                            where, length, width, spec.heads, spec.mlp_ratio, spec.activation,
+                            spec.dropout, spec.bias, spec.causal,
+                        )  # fmt: skip
+                    )
+            elif spec.type in ("gru", "lstm"):
+                assert spec.features is not None
+                block = B.recurrent_block(
+                    spec.where, spec.type, length, width, spec.features, spec.layers,
+                    spec.bidirectional, spec.dropout,
+                )  # fmt: skip
+                blocks.append(block)
+                width = block.out_shape[1]
+            else:  # norm: the final LayerNorm (checked to be last)
+                final_norm = L.layer_norm(width, (length, width), spec.bias, "ln_f")
+            trail.append(f"{spec.where} -> {length} x {width}")
+        self._warn_sequence(seq, pool, final_norm)
+        parts = [
+            Part("embed", "Token ids (B, T) -> vectors", (context,), (embed,), sequential=False)
+        ]
+        if blocks:
+            doc = "Blocks over the sequence, each (B, T, C) -> (B, T, C')"
+            parts.append(Part("h", doc, (length, width), tuple(blocks), container="ModuleList"))
+        if final_norm is not None:
+            parts.append(
+                Part("ln_f", "Final LayerNorm", (length, width), (final_norm,), sequential=False)
+            )
+        if model.kind == "lm":
+            return self._language_model(parts, embed, length, width)
+        assert pool is not None
+        pool_class = {"mean": "MeanPool", "last": "LastPool", "cls": "ClsTokenPool"}[pool.mode]
+        pooled = Layer("pool", pool_class, (), (width,))
+        parts.append(
+            Part(
+                "pool",
+                f"Pool over time ({pool.mode})",
+                (length, width),
+                (pooled,),
+                sequential=False,
+            )
+        )
+        return self._head(parts, width)
+
+    def _check_order(self, seq: list, pool) -> None:
+        names = [spec.type for spec in seq]
+        for spec in seq[1:]:
+            if spec.type == "embedding":
+                raise SpecError(spec.where, "a second embedding: only the first block reads token ids",
+                                "keep one `{type: embedding}`, first")  # fmt: skip
+            if spec.type == "pool" and spec is not seq[-1]:
+                raise SpecError(spec.where, "pooling turns the sequence into one vector, so it comes last in `seq:`",
+                                "move the pool block to the end of `seq:`")  # fmt: skip
+            if spec.type == "norm" and spec is not (seq[-2] if pool else seq[-1]):
+                raise SpecError(spec.where, "a norm block is the final LayerNorm; transformer blocks normalize their own inputs",
+                                "move it to the end of `seq:` (before the pool)")  # fmt: skip
+        if self.model.kind == "lm" and pool is not None:
+            raise SpecError(pool.where, "a language model predicts a token at every position; pooling would lose them",
+                            "remove the pool block (use `kind: seq` for one output per sequence)")  # fmt: skip
+        if self.model.kind == "seq" and pool is None:
+            raise SpecError("model.seq", "kind `seq` makes one output per sequence, but `seq:` does not end in a pool",
+                            "add `{type: pool, mode: mean}` at the end of `seq:`")  # fmt: skip
+        if pool is not None and pool.mode == "cls" and ({"gru", "lstm"} & set(names)):
+            raise SpecError(pool.where, "a class token at position 0 only collects information through attention; "
+                            "a recurrent layer's output there has seen only that token",
+                            "use `mode: mean` or `mode: last` with recurrent layers")  # fmt: skip
+
+    def _check_heads(self, spec, width: int, trail: list[str]) -> None:
+        if width % spec.heads:
+            divisors = [d for d in range(1, width + 1) if width % d == 0]
+            nearest = sorted(sorted(divisors, key=lambda d: abs(d - spec.heads))[:3])
+            raise SpecError(
+                f"{spec.where}.heads",
+                f"{width} features cannot be split into {spec.heads} heads: {width} / {spec.heads} = {width / spec.heads:g}",
+                f"use a number of heads that divides {width}, e.g. {', '.join(map(str, nearest))}",
+                ["shapes: " + " -> ".join(trail)],
+            )
+
+    def _warn_sequence(self, seq: list, pool, final_norm: Layer | None) -> None:
+        first = seq[0]
+        order_aware = first.position == "learned"
+        for spec in seq[1:]:
+            if spec.type in ("gru", "lstm"):
+                order_aware = True
+            if spec.type == "transformer" and not order_aware:
+                self.warn(spec.where, "attention without positional information treats the sequence as a set: "
+                          "give the embedding `position: learned`, or put a recurrent layer first")  # fmt: skip
+                break
+        transformers = [spec for spec in seq if spec.type == "transformer"]
+        if transformers and final_norm is None:
+            self.warn(transformers[-1].where, "pre-norm transformer blocks leave their output unnormalized; "
+                      "add `{type: norm}` after them (nanoGPT's ln_f)")  # fmt: skip
+        recurrent = [spec for spec in seq if spec.type in ("gru", "lstm")]
+        if pool is not None and pool.mode == "last" and recurrent and recurrent[-1].bidirectional:
+            self.warn(pool.where, "the backward direction's output at the last position has read one token; "
+                      "use `mode: mean` after a bidirectional layer")  # fmt: skip
+
+    def _language_model(self, parts: list[Part], embed: Block, length: int, width: int) -> Plan:
+        model = self.model
+        assert model.vocab is not None
+        lm_head = replace(
+            L.linear(width, model.vocab, False, role="lm_head"), out_shape=(length, model.vocab)
+        )
+        shared = 0
+        if model.tie_embeddings:
+            embed_width = embed.layers[0].args[1]
+            if embed_width != width:
+                raise SpecError(
+                    "model.tie_embeddings",
+                    f"the output layer reads {width} features but the token embedding has {embed_width}: "
+                    "tied weights need one size",
+                    f"make the last block output {embed_width} features, or remove `tie_embeddings:`",
+                )
+            shared = lm_head.params
+        doc = "Next-token logits at every position" + (", tied to embed.wte" if shared else "")
+        parts.append(Part("lm_head", doc, (length, width), (lm_head,), sequential=False))
+        return self.plan(parts, (length, model.vocab), vocab=model.vocab, shared_params=shared)
+
+    def _head(self, parts: list[Part], width: int) -> Plan:
+        model = self.model
+        shape: Shape = (width,)
+        linears = []
+        for i, b in enumerate(model.mlp):
+            source = (
+                f"the pool outputs {shape[0]}"
+                if i == 0
+                else f"{model.mlp[i - 1].where} outputs {shape[0]}"
+            )
+            linears.append(self.stack.linear_block(b, shape, source))
+            shape = linears[-1].out_shape
+        if len(linears) > 1:
+            parts.append(Part("trunk", "Hidden layers.", linears[0].in_shape, tuple(linears[:-1])))
+        parts.append(self.output_part(model.mlp[-1], linears[-1].in_shape[0]))
+        head = parts[-1].items[0]
+        return self.plan(parts, head.out_shape, vocab=model.vocab)
+
+
 BUILDERS: dict[str, type[Builder]] = {
     "mlp": HeadBuilder,
     "cnn": HeadBuilder,
     "autoencoder": AutoencoderBuilder,
     "vae": VAEBuilder,
     "gan": GANBuilder,
+    "lm": SequenceBuilder,
+    "seq": SequenceBuilder,
 }
 
 

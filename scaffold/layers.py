@@ -40,6 +40,17 @@ ACTIVATIONS = {
     "log_softmax": "LogSoftmax",
 }
 DEFAULT_SLOPE = 0.01  # torch's LeakyReLU default
+# Modules the generated model.py defines itself, and a block's nn.Parameter.
+LOCAL_CLASSES = (
+    "Scale",
+    "Gate",
+    "SelfAttention",
+    "MLP",
+    "MeanPool",
+    "LastPool",
+    "ClsTokenPool",
+    "Parameter",
+)
 
 
 def fmt_value(value: Value) -> str:
@@ -89,8 +100,9 @@ class Layer:
 
     @property
     def torch_class(self) -> bool:
-        """False for the small modules the generated model defines itself (Scale, Gate)."""
-        return self.op not in ("Scale", "Gate")
+        """False for what the generated model defines itself (Scale, Gate, SequencePool, a
+        Parameter)."""
+        return self.op not in LOCAL_CLASSES
 
     @property
     def code(self) -> str:
@@ -275,3 +287,45 @@ def unflatten(shape: Shape) -> Layer:
 def scale(shape: Shape) -> Layer:
     """A learnable per-feature scale (an nn.Parameter of ones), defined in the generated model."""
     return Layer("scale", "Scale", (shape[0],), shape, shape[0])
+
+
+def embedding(num: int, features: int, shape: Shape, role: str) -> Layer:
+    """nn.Embedding(num, features): a table of num vectors; shape is what the model sees."""
+    return Layer(role, "Embedding", (num, features), shape, num * features)
+
+
+def layer_norm(features: int, shape: Shape, bias: bool, role: str) -> Layer:
+    args = (features, *_kw("bias", bias, True))
+    return Layer(role, "LayerNorm", args, shape, features * (2 if bias else 1))
+
+
+def recurrent(
+    kind: str,
+    in_features: int,
+    hidden: int,
+    layers: int,
+    bidirectional: bool,
+    dropout: float,
+    shape: Shape,
+) -> Layer:
+    """nn.GRU / nn.LSTM with batch_first; its output (B, T, hidden * directions)."""
+    gates = 3 if kind == "gru" else 4
+    directions = 2 if bidirectional else 1
+    params = 0
+    for layer in range(layers):
+        width = in_features if layer == 0 else hidden * directions
+        params += directions * gates * (hidden * width + hidden * hidden + 2 * hidden)
+    args = (
+        in_features,
+        hidden,
+        *_kw("num_layers", layers, 1),
+        ("batch_first", True),
+        *_kw("dropout", dropout, 0.0),
+        *_kw("bidirectional", bidirectional, False),
+    )
+    return Layer("rnn", "GRU" if kind == "gru" else "LSTM", args, shape, params)
+
+
+def parameter(role: str, shape: Shape, params: int) -> Layer:
+    """An nn.Parameter of a block (a class token): counted, but not a module."""
+    return Layer(role, "Parameter", (), shape, params)

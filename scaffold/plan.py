@@ -23,9 +23,12 @@ BLOCK_CLASSES = (
     "ResidualConvBlock",
     "UpBlock",
     "ResidualUpBlock",
+    "TokenEmbedding",
+    "TransformerBlock",
+    "RecurrentBlock",
 )
 # Small modules of the generated model.py besides the blocks.
-HELPER_CLASSES = ("Gate", "Scale")
+HELPER_CLASSES = ("Gate", "Scale", "SelfAttention", "MLP", "MeanPool", "LastPool", "ClsTokenPool")
 
 
 @dataclass(frozen=True)
@@ -39,11 +42,12 @@ class Block:
     layers: tuple[Layer, ...]
     args: tuple[Arg, ...] = ()
     note: str = ""  # e.g. "mirrors model.conv[1]"
+    out: Shape | None = None  # the output, where it is not the last layer's
     is_block = True
 
     @property
     def out_shape(self) -> Shape:
-        return self.layers[-1].out_shape
+        return self.out if self.out is not None else self.layers[-1].out_shape
 
     @property
     def params(self) -> int:
@@ -71,6 +75,7 @@ class Part:
     items: tuple[Item, ...]
     sequential: bool = True
     keys: tuple[str, ...] = ()  # names of the items when the part is an nn.ModuleDict
+    container: str = "Sequential"  # or "ModuleList": items that forward passes one by one
 
     @property
     def is_dict(self) -> bool:
@@ -83,6 +88,17 @@ class Part:
     @property
     def params(self) -> int:
         return sum(item.params for item in self.items)
+
+    def groups(self) -> list[tuple[Item, int, str]]:
+        """Runs of identical items (one spec entry with `layers: 6`): (item, count, label)."""
+        out: list[tuple[Item, int, str]] = []
+        for item in self.items:
+            label = item.where.split(" layer ")[0] if isinstance(item, Block) else ""
+            if out and isinstance(item, Block) and out[-1][0].code == item.code and out[-1][2] == label:
+                out[-1] = (out[-1][0], out[-1][1] + 1, label)
+            else:
+                out.append((item, 1, label))
+        return out
 
     def named_items(self) -> list[tuple[str, Item]]:
         """(name in named_modules() under this part, item): indices, or keys of a ModuleDict."""
@@ -102,6 +118,8 @@ class Plan:
     latent: int | None = None
     output_activation: str = "none"
     heads: tuple[HeadSpec, ...] = ()  # multi-task outputs (task "multitask")
+    vocab: int | None = None  # sequence kinds
+    shared_params: int = 0  # counted in two parts but one tensor (a tied output layer)
     warnings: tuple[SpecWarning, ...] = field(default=())
 
     @property
@@ -117,7 +135,7 @@ class Plan:
 
     @property
     def params(self) -> int:
-        return sum(part.params for part in self.parts)
+        return sum(part.params for part in self.parts) - self.shared_params
 
     @property
     def num_outputs(self) -> int:
@@ -195,13 +213,18 @@ class Plan:
         rows: list[tuple[str, Shape]] = []
         for path, _, item in self.items():
             if isinstance(item, Block):
-                rows += [(f"{path}.{layer.role}", layer.out_shape) for layer in item.layers]
+                rows += [
+                    (f"{path}.{layer.role}", layer.out_shape)
+                    for layer in item.layers
+                    if layer.op != "Parameter"
+                ]
             rows.append((path, item.out_shape))
         return rows
 
     @property
     def num_layers(self) -> int:
-        return sum(1 for _, layer, _ in self.layers() if layer.op != "Sequential")
+        containers = ("Sequential", "Parameter", "SelfAttention", "MLP")
+        return sum(1 for _, layer, _ in self.layers() if layer.op not in containers)
 
     def summary(self) -> str:
         """One line: what the model maps to what, and its size."""

@@ -29,8 +29,16 @@ MAX_KERNEL = 4096
 MAX_BLOCKS = 2048
 MAX_EPOCHS = 100_000
 
-KINDS = ("mlp", "cnn", "autoencoder", "vae", "gan")
-TASKS = ("classification", "regression", "reconstruction", "adversarial", "multitask")
+KINDS = ("mlp", "cnn", "autoencoder", "vae", "gan", "lm", "seq")
+SEQUENCE_KINDS = ("lm", "seq")  # inputs are token ids
+TASKS = (
+    "classification",
+    "regression",
+    "reconstruction",
+    "adversarial",
+    "multitask",
+    "language_modeling",
+)
 HEAD_TASKS = ("classification", "regression")
 HEAD_KEYS = ("features", "task", "weight")
 MAX_HEADS = 32
@@ -67,7 +75,11 @@ MODEL_KEYS = (
     "output_activation",
     "heads",
     "generator",
+    "vocab",
+    "seq",
+    "tie_embeddings",
 )
+SEQUENCE_MODEL_KEYS = ("kind", "input", "vocab", "seq", "mlp", "defaults", "tie_embeddings")
 GENERATOR_KEYS = ("norm", "activation", "negative_slope")
 TRAIN_KEYS = (
     "task",
@@ -155,6 +167,25 @@ class GeneratorSpec:
 
 
 @dataclass(frozen=True)
+class SeqSpec:
+    """One block over a sequence (kinds lm and seq); each type reads the keys it needs."""
+
+    where: str
+    type: str  # embedding | transformer | gru | lstm | norm | pool
+    features: int | None = None  # embedding width, or a recurrent layer's hidden size
+    layers: int = 1
+    heads: int | None = None
+    mlp_ratio: int = 4
+    activation: str = "gelu"
+    dropout: float = 0.0
+    bias: bool = True
+    causal: bool = False
+    bidirectional: bool = False
+    position: str = "learned"  # embedding: learned | none
+    mode: str = "mean"  # pool: mean | last | cls
+
+
+@dataclass(frozen=True)
 class ModelSpec:
     kind: str
     input: tuple[int, ...]
@@ -165,6 +196,9 @@ class ModelSpec:
     output_activation: str
     heads: tuple[HeadSpec, ...] = ()
     generator: GeneratorSpec | None = None
+    vocab: int | None = None  # sequence kinds: token ids are 0 .. vocab - 1
+    seq: tuple[SeqSpec, ...] = ()
+    tie_embeddings: bool = False
 
 
 @dataclass(frozen=True)
@@ -674,6 +708,15 @@ def parse_model(raw: Any) -> ModelSpec:
                 "model", f"missing key `{key}`", "e.g. `kind: cnn` and `input: [1, 28, 28]`"
             )
     kind = as_choice(m["kind"], "model.kind", KINDS)
+    if kind in SEQUENCE_KINDS:
+        return parse_sequence_model(m, kind)
+    for key in ("vocab", "seq", "tie_embeddings"):
+        if key in m:
+            raise SpecError(
+                f"model.{key}",
+                f"applies to sequence models (kinds lm and seq), not kind `{kind}`",
+                f"remove `{key}:`, or set `kind: lm` or `kind: seq`",
+            )
 
     raw_input = m["input"]
     if not isinstance(raw_input, list) or not 1 <= len(raw_input) <= 4:
@@ -780,6 +823,152 @@ def parse_model(raw: Any) -> ModelSpec:
     return ModelSpec(kind, shape, conv, mlp, latent, decoder, output_activation, heads, generator)
 
 
+# --------------------------------------------------------------------------- sequences
+
+SEQ_TYPES = ("embedding", "transformer", "gru", "lstm", "norm", "pool")
+POSITIONS = ("learned", "none")
+POOL_MODES = ("mean", "last", "cls")
+MAX_VOCAB = 1_000_000
+MAX_CONTEXT = 65_536
+MAX_LAYERS = 256
+SEQ_ACTIVATIONS = ("gelu", "relu", "silu")
+
+
+def _seq_int(lo: int, hi: int) -> Callable[[Any, str, int, str], int]:
+    return lambda v, w, n, b: as_int(v, w, lo, hi)
+
+
+# Keys of each sequence block type: (key, default, check). REQUIRED marks keys without one.
+SEQ_KEYS: dict[str, tuple[tuple[str, Any, Callable[[Any, str, int, str], Any]], ...]] = {
+    "embedding": (
+        ("features", REQUIRED, _size),
+        ("position", "learned", lambda v, w, n, b: as_choice(v, w, POSITIONS)),
+        ("dropout", 0.0, KEYS["dropout"].check),
+    ),
+    "transformer": (
+        ("layers", 1, _seq_int(1, MAX_LAYERS)),
+        ("heads", REQUIRED, _seq_int(1, 4096)),
+        ("mlp_ratio", 4, _seq_int(1, 64)),
+        ("activation", "gelu", lambda v, w, n, b: as_choice(v, w, SEQ_ACTIVATIONS)),
+        ("dropout", 0.0, KEYS["dropout"].check),
+        ("bias", True, _flag),
+        ("causal", None, _flag),
+    ),
+    "gru": (
+        ("features", REQUIRED, _size),
+        ("layers", 1, _seq_int(1, MAX_LAYERS)),
+        ("bidirectional", False, _flag),
+        ("dropout", 0.0, KEYS["dropout"].check),
+    ),
+    "norm": (("bias", True, _flag),),
+    "pool": (("mode", "mean", lambda v, w, n, b: as_choice(v, w, POOL_MODES)),),
+}
+SEQ_KEYS["lstm"] = SEQ_KEYS["gru"]
+
+
+def parse_seq_block(block: Any, where: str, kind: str) -> SeqSpec:
+    b = as_mapping(block, where, "`{type: transformer, layers: 2, heads: 4}`")
+    if "type" not in b:
+        raise SpecError(
+            where, "missing key `type`", f"give the block's type: one of {', '.join(SEQ_TYPES)}"
+        )
+    block_type = as_choice(b["type"], f"{where}.type", SEQ_TYPES)
+    keys = SEQ_KEYS[block_type]
+    check_keys(b, ("type", *(name for name, _, _ in keys)), where, f"a {block_type} block")
+    values: dict[str, Any] = {}
+    for name, default, check in keys:
+        if name in b:
+            values[name] = check(b[name], f"{where}.{name}", 0, "seq")
+        elif default is REQUIRED:
+            raise SpecError(where, f"missing key `{name}`", f"a {block_type} block needs `{name}:`")
+        elif default is not None:
+            values[name] = default
+    if block_type == "transformer":
+        values.setdefault("causal", kind == "lm")
+        if kind == "lm" and not values["causal"]:
+            raise SpecError(
+                f"{where}.causal",
+                "a language model predicts the next token: its attention must not see later ones",
+                "remove `causal: false`",
+            )
+    if block_type in ("gru", "lstm"):
+        if kind == "lm" and values["bidirectional"]:
+            raise SpecError(
+                f"{where}.bidirectional",
+                "a language model predicts the next token: a backward direction would see it",
+                "remove `bidirectional: true`",
+            )
+        if values["dropout"] and values["layers"] == 1:
+            raise SpecError(
+                f"{where}.dropout",
+                "a recurrent layer's dropout applies between its stacked layers, and this has one",
+                "set `layers:` to 2 or more, or remove `dropout:`",
+            )
+    return SeqSpec(where=where, type=block_type, **values)
+
+
+def parse_sequence_model(m: dict[str, Any], kind: str) -> ModelSpec:
+    """Kinds lm and seq: `input: [context]` token ids below `vocab`, a `seq:` list of blocks,
+    then (seq) pooling and an `mlp:` head, or (lm) a Linear to the vocabulary."""
+    check_keys(m, SEQUENCE_MODEL_KEYS, "model", f"`model:` of kind `{kind}`")
+    for key in ("vocab", "seq"):
+        if key not in m:
+            raise SpecError(
+                "model",
+                f"missing key `{key}`",
+                "e.g. `vocab: 65` (token ids 0 to 64) and `seq: [{type: embedding, features: 64}, ...]`",
+            )
+    raw_input = m["input"]
+    if not isinstance(raw_input, list) or len(raw_input) != 1:
+        raise SpecError(
+            "model.input",
+            f"a sequence model's input is [context], the number of tokens per sample; got {_type_name(raw_input)}"
+            + (f" of length {len(raw_input)}" if isinstance(raw_input, list) else ""),
+            "write e.g. `input: [256]`",
+        )
+    context = as_int(raw_input[0], "model.input[0]", 1, MAX_CONTEXT)
+    vocab = as_int(m["vocab"], "model.vocab", 2, MAX_VOCAB)
+    blocks = _block_list(m.get("seq"), "model.seq", "{type: embedding, features: 64}")
+    if not blocks:
+        raise SpecError("model.seq", "is empty", "start with `{type: embedding, features: 64}`")
+    seq = tuple(parse_seq_block(b, f"model.seq[{i}]", kind) for i, b in enumerate(blocks))
+    defaults = as_mapping(
+        m.get("defaults") or {}, "model.defaults", "`defaults: {activation: relu}`"
+    )
+    check_keys(defaults, DEFAULT_KEYS, "model.defaults", "`defaults:`")
+    check_defaults(defaults, 0)
+    mlp_raw = _block_list(m.get("mlp"), "model.mlp", "{features: 2}")
+    if kind == "lm" and mlp_raw:
+        raise SpecError(
+            "model.mlp",
+            "a language model's output layer maps each position to the vocabulary; it has no `mlp:` head",
+            "remove `mlp:` (use `kind: seq` for one output per sequence)",
+        )
+    if kind == "seq" and not mlp_raw:
+        raise SpecError(
+            "model.mlp",
+            "kind `seq` needs an `mlp:` list after the pooling; its last block is the output layer",
+            "add e.g. `mlp: [{features: 2}]`",
+        )
+    output_defaults = {k: v for k, v in defaults.items() if k == "bias"}
+    mlp = tuple(
+        parse_linear(b, f"model.mlp[{i}]", output_defaults if i == len(mlp_raw) - 1 else defaults)
+        for i, b in enumerate(mlp_raw)
+    )
+    tie = False
+    if "tie_embeddings" in m:
+        if kind != "lm":
+            raise SpecError(
+                "model.tie_embeddings",
+                "ties a language model's output layer to its token embedding; kind `seq` has no such layer",
+                "remove `tie_embeddings:`",
+            )
+        tie = as_bool(m["tie_embeddings"], "model.tie_embeddings")
+    return ModelSpec(
+        kind, (context,), (), mlp, None, None, "none", vocab=vocab, seq=seq, tie_embeddings=tie
+    )
+
+
 def _dcgan_input_layer(blocks: list[Any], defaults: dict[str, Any]) -> list[Any]:
     """DCGAN puts no BatchNorm on the discriminator's input layer: unless the first block
     or `defaults:` set a norm, it gets none."""
@@ -870,6 +1059,8 @@ def parse_train(raw: Any, kind: str, multitask: bool = False) -> TrainSpec:
         natural, allowed = "reconstruction", ("reconstruction",)
     elif kind == "gan":
         natural, allowed = "adversarial", ("adversarial",)
+    elif kind == "lm":
+        natural, allowed = "language_modeling", ("language_modeling",)
     else:
         natural, allowed = "classification", ("classification", "regression")
     task = as_choice(t.get("task", natural), "train.task", TASKS)
@@ -887,7 +1078,7 @@ def parse_train(raw: Any, kind: str, multitask: bool = False) -> TrainSpec:
     check_keys(opt, OPTIMIZER_KEYS, "train.optimizer", "`optimizer:`")
     name = as_choice(opt.get("name", "adamw"), "train.optimizer.name", OPTIMIZERS)
     scheduler = t.get("scheduler", "cosine")
-    if kind in ("mlp", "cnn", "gan") and "beta" in t:
+    if kind in ("mlp", "cnn", "gan", "lm", "seq") and "beta" in t:
         raise SpecError("train.beta", "`beta` weighs the KL term of a VAE", "remove `beta:`")
     if kind == "autoencoder" and "beta" in t:
         raise SpecError(

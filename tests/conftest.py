@@ -21,7 +21,8 @@ def torch_check_plan(plan) -> None:
 
     from scaffold.plan import Block
 
-    sequential = {"LinearBlock", "ConvBlock", "UpBlock"}  # blocks whose forward runs its layers in order
+    # blocks whose forward runs its layers in order
+    sequential = {"LinearBlock", "ConvBlock", "UpBlock"}
     batch = 2
     for part in plan.parts:
         x = torch.empty((batch, *part.in_shape), device="meta")
@@ -32,8 +33,11 @@ def torch_check_plan(plan) -> None:
             in_order = not isinstance(item, Block) or item.cls in sequential
             for layer in layers:
                 if not layer.torch_class or layer.op == "Sequential":
-                    continue  # a class of the generated model (Scale, Gate), or a shortcut whose
-                    # members are listed after it: checked by check_rendered_model
+                    # a class of the generated model (Scale, Gate, a pooling over time), or a
+                    # shortcut whose members are listed after it: checked by check_rendered_model
+                    if not isinstance(item, Block):
+                        x = torch.empty((batch, *item.out_shape), device="meta")
+                    continue
                 module = eval(layer.code, {"nn": nn}).to("meta")  # the exact code the template emits
                 where = item.where if isinstance(item, Block) else part.name
                 got = sum(p.numel() for p in module.parameters())
@@ -64,6 +68,11 @@ def render_template(relative: str, spec: dict, project: str = "demo") -> str:
     return env.get_template(relative).render(spec=spec, project_name=project, package_name=package)
 
 
+def first(output):
+    """A module's output, or the first of several (a GRU's (output, h_n))."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 def check_rendered_model(plan, spec: dict, project: str | None = None) -> None:
     """Render model.py, build the model, run a forward pass on the meta device, and compare
     every hooked module's output shape and the parameter total with the plan."""
@@ -81,9 +90,12 @@ def check_rendered_model(plan, spec: dict, project: str | None = None) -> None:
     seen = {}
     for name, _ in plan.module_shapes():
         modules[name].register_forward_hook(
-            lambda mod, args, out, name=name: seen.update({name: tuple(out.shape[1:])})
+            lambda mod, args, out, name=name: seen.update({name: tuple(first(out).shape[1:])})
         )
-    x = torch.empty((2, *plan.input_shape), device="meta")
+    if plan.kind in ("lm", "seq"):  # token ids
+        x = torch.zeros((2, *plan.input_shape), dtype=torch.long, device="meta")
+    else:
+        x = torch.empty((2, *plan.input_shape), device="meta")
     model.train()
     if plan.kind == "gan":
         model.discriminator(x)

@@ -125,6 +125,11 @@ def render_project(spec: dict, project: str = "fuzzed", black: bool = False) -> 
     return files
 
 
+def first(output):
+    """A module's output, or the first of several (a GRU's (output, h_n))."""
+    return output[0] if isinstance(output, tuple) else output
+
+
 def exec_model(source: str, class_name: str):
     """Execute a rendered model.py in a fresh module namespace; return the model class."""
     module = types.ModuleType("fuzzed_model")
@@ -145,10 +150,13 @@ def check_model_against_plan(plan, source: str) -> None:
     for name in expected:
         assert name in modules, f"the plan names {name}, which the model does not have"
         modules[name].register_forward_hook(
-            lambda mod, args, out, name=name: seen.update({name: tuple(out.shape[1:])})
+            lambda mod, args, out, name=name: seen.update({name: tuple(first(out).shape[1:])})
         )
     model.train()
-    x = torch.empty((2, *plan.input_shape), device="meta")
+    if plan.kind in ("lm", "seq"):  # token ids
+        x = torch.zeros((2, *plan.input_shape), dtype=torch.long, device="meta")
+    else:
+        x = torch.empty((2, *plan.input_shape), device="meta")
     if plan.kind == "gan":
         assert tuple(model.discriminator(x).shape) == (2, 1)
         out = model.generator(torch.empty((2, plan.latent), device="meta"))
@@ -934,6 +942,92 @@ def test_invalid_specs_fail_with_one_clear_error(mutant):
             assert error2.where == "spec" and error.where == "spec"
     else:
         raise AssertionError(f"accepted after a YAML round trip: {again.summary()}")
+
+
+# ============================================================================ sequence models
+
+
+@st.composite
+def sequence_specs(draw) -> dict:
+    """kind lm or seq: an embedding, transformer and recurrent blocks, a final norm, a pool."""
+    kind = draw(st.sampled_from(["lm", "seq"]))
+    width = draw(st.sampled_from([4, 6, 8, 12, 16]))
+    seq: list[dict[str, Any]] = [{"type": "embedding", "features": width}]
+    if draw(st.booleans()):
+        seq[0]["position"] = draw(st.sampled_from(["learned", "none"]))
+    if draw(st.booleans()):
+        seq[0]["dropout"] = draw(st.sampled_from([0.0, 0.1]))
+    for _ in range(draw(st.integers(0, 3))):
+        if draw(st.booleans()):
+            heads = draw(st.sampled_from([h for h in (1, 2, 3, 4) if width % h == 0]))
+            block = {"type": "transformer", "heads": heads, "layers": draw(st.integers(1, 2))}
+            if draw(st.booleans()):
+                block["mlp_ratio"] = draw(st.integers(1, 4))
+                block["activation"] = draw(st.sampled_from(["gelu", "relu", "silu"]))
+                block["bias"] = draw(st.booleans())
+            if kind == "seq" and draw(st.booleans()):
+                block["causal"] = draw(st.booleans())
+        else:
+            block = {"type": draw(st.sampled_from(["gru", "lstm"])), "features": width}
+            layers = draw(st.integers(1, 2))
+            if layers > 1:
+                block.update(layers=layers, dropout=draw(st.sampled_from([0.0, 0.1])))
+            if kind == "seq" and draw(st.booleans()):
+                block["bidirectional"] = True
+                width = 2 * width
+        seq.append(block)
+        width = width if block["type"] == "transformer" else width
+    if draw(st.booleans()):
+        seq.append({"type": "norm", "bias": draw(st.booleans())})
+    model: dict[str, Any] = {"kind": kind, "input": [draw(st.integers(1, 12))],
+                             "vocab": draw(st.integers(2, 40)), "seq": seq}  # fmt: skip
+    if kind == "lm":
+        if seq[0]["features"] == width and draw(st.booleans()):
+            model["tie_embeddings"] = True
+    else:
+        recurrent = any(b["type"] in ("gru", "lstm") for b in seq)
+        modes = ["mean", "last"] if recurrent else ["mean", "last", "cls"]
+        seq.append({"type": "pool", "mode": draw(st.sampled_from(modes))})
+        hidden = [{"features": draw(st.integers(2, 9)), "activation": "relu"}] if draw(st.booleans()) else []
+        model["mlp"] = [*hidden, {"features": draw(st.integers(2, 4))}]
+    return {"model": model}
+
+
+@settings(FUZZ, max_examples=40 * SCALE)
+@given(spec=sequence_specs())
+def test_valid_sequence_specs_render_build_and_match_torch(spec):
+    """Transformers, GRUs and LSTMs: rendered, built by torch, the plan's shapes and counts."""
+    note(yaml.safe_dump(spec, sort_keys=False))
+    count("valid", spec)
+    plan = check_valid(spec)
+    assert plan.output_shape == ((spec["model"]["input"][0], spec["model"]["vocab"])
+                                 if plan.kind == "lm" else (spec["model"]["mlp"][-1]["features"],))  # fmt: skip
+
+
+SEQUENCE_MUTATIONS = [
+    # (what, change, the location the error must name)
+    ("heads that do not divide the width", lambda m: m["seq"].insert(1, {"type": "transformer", "heads": 7}),
+     "model.seq[1].heads"),
+    ("unknown key", lambda m: m["seq"][0].update(widht=3), "model.seq[0]"),
+    ("unknown block type", lambda m: m["seq"][0].update(type="conv"), "model.seq[0].type"),
+    ("no embedding first", lambda m: m["seq"].insert(0, {"type": "norm"}), "model.seq[0]"),
+    ("vocab of one", lambda m: m.update(vocab=1), "model.vocab"),
+    ("zero layers", lambda m: m["seq"].insert(1, {"type": "gru", "features": 4, "layers": 0}),
+     "model.seq[1].layers"),
+    ("a string for the context", lambda m: m.update(input=["256"]), "model.input[0]"),
+]  # fmt: skip
+
+
+@settings(FUZZ, max_examples=30 * SCALE)
+@given(spec=sequence_specs(), which=st.integers(0, len(SEQUENCE_MUTATIONS) - 1))
+def test_invalid_sequence_specs_fail_with_one_clear_error(spec, which):
+    what, change, where = SEQUENCE_MUTATIONS[which]
+    mutated = copy.deepcopy(spec)
+    change(mutated["model"])
+    note(f"{what}: expected at {where}\n{mutated!r}")
+    count("invalid", mutated)
+    check_invalid(mutated, (where,), shapes=False)
+    COUNTS[f"sequence: {what}"] = COUNTS.get(f"sequence: {what}", 0) + 1
 
 
 COUNTS: dict[str, int] = {}

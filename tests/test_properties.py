@@ -5,7 +5,8 @@ and parameter count the plan says, the rendered model.py runs forward with the
 same shapes, and mirrored decoders (and GAN generators) return the input
 shape. Rejected conv stacks: torch really fails on the same layers. Every kind
 is drawn: mlp (plain, residual, gated, scaled, multi-task heads), cnn (also
-with heads), autoencoder, vae and gan, over 1-D, 2-D and 3-D inputs.
+with heads), autoencoder, vae and gan, over 1-D, 2-D and 3-D inputs, and the sequence
+kinds lm and seq (transformer and recurrent blocks).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from scaffold.builders import plan_from_raw
 from scaffold.errors import SpecError
 
 from conftest import check_rendered_model, torch_check_plan
+from test_fuzz import sequence_specs
 
 torch = pytest.importorskip("torch")
 
@@ -141,3 +143,16 @@ def test_plan_equals_torch(spec):
         assert plan.output_shape == tuple(spec["model"]["input"])
     if "heads" in spec["model"]:
         assert [(h.name, h.features) for h in plan.heads] == [(k, v["features"]) for k, v in spec["model"]["heads"].items()]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(sequence_specs())
+def test_sequence_plan_equals_torch(spec):
+    """Embeddings, transformer blocks, GRUs and LSTMs, final norms and poolings: every layer's
+    shape and parameter count, and the rendered model's forward pass, equal the plan."""
+    plan = plan_from_raw(spec)
+    torch_check_plan(plan)
+    check_rendered_model(plan, spec)
+    (context,) = spec["model"]["input"]
+    if plan.kind == "lm":
+        assert plan.output_shape == (context, spec["model"]["vocab"])

@@ -256,3 +256,112 @@ def test_amp_conv_vae_loss_is_finite_and_decreasing(tmp_path, env):
     assert len(losses) == 3, rows
     assert all(loss == loss and abs(loss) < float("inf") for loss in losses), losses
     assert losses[0] > losses[1] > losses[2], losses
+
+
+# --------------------------------------------------------------------------- nanoGPT
+
+
+class NanoGPTConfig:
+    """nanoGPT's GPTConfig for config/train_shakespeare_char.py."""
+
+    block_size, vocab_size, n_layer, n_head, n_embd, dropout, bias = 256, 65, 6, 6, 384, 0.2, False
+
+
+class CausalSelfAttention(nn.Module):  # nanoGPT's model.py, written out here as the reference
+    def __init__(self, config):
+        super().__init__()
+        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.attn_dropout = nn.Dropout(config.dropout)
+        self.resid_dropout = nn.Dropout(config.dropout)
+        self.n_head, self.n_embd, self.dropout = config.n_head, config.n_embd, config.dropout
+
+    def forward(self, x):
+        B, T, C = x.size()
+        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
+        k = k.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        q = q.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        v = v.view(B, T, self.n_head, C // self.n_head).transpose(1, 2)
+        y = torch.nn.functional.scaled_dot_product_attention(
+            q, k, v, attn_mask=None, dropout_p=self.dropout if self.training else 0, is_causal=True
+        )
+        y = y.transpose(1, 2).contiguous().view(B, T, C)
+        return self.resid_dropout(self.c_proj(y))
+
+
+class NanoMLP(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
+        self.gelu = nn.GELU()
+        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x):
+        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+
+
+class NanoBlock(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.attn = CausalSelfAttention(config)
+        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.mlp = NanoMLP(config)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln_1(x))
+        return x + self.mlp(self.ln_2(x))
+
+
+class GPT(nn.Module):
+    def __init__(self, config):
+        super().__init__()
+        self.transformer = nn.ModuleDict(
+            dict(
+                wte=nn.Embedding(config.vocab_size, config.n_embd),
+                wpe=nn.Embedding(config.block_size, config.n_embd),
+                drop=nn.Dropout(config.dropout),
+                h=nn.ModuleList([NanoBlock(config) for _ in range(config.n_layer)]),
+                ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
+            )
+        )
+        self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
+        self.transformer.wte.weight = self.lm_head.weight  # weight tying
+
+    def forward(self, idx):
+        pos = torch.arange(0, idx.size(1), dtype=torch.long, device=idx.device)
+        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        for block in self.transformer.h:
+            x = block(x)
+        x = self.transformer.ln_f(x)
+        return self.lm_head(x[:, [-1], :])  # inference: the last position only
+
+
+def weighted_leaves(module: nn.Module) -> list[tuple]:
+    return [
+        (type(leaf).__name__, tuple(tuple(p.shape) for p in leaf.parameters(recurse=False)))
+        for leaf in module.modules()
+        if not list(leaf.children()) and list(leaf.parameters(recurse=False))
+    ]
+
+
+def test_shakespeare_char_is_nanogpts_gpt_layer_for_layer():
+    spec = yaml.safe_load((ROOT / "examples" / "shakespeare-char.yaml").read_text())
+    ours, plan = build_model(spec, "shakespeare-char")
+    reference = GPT(NanoGPTConfig)
+    assert count(ours) == count(reference) == plan.params == 10_745_088
+    # every layer with parameters, in order, with its parameters' shapes (nanoGPT's
+    # attn_dropout is unused on its flash path, where scaled_dot_product_attention drops)
+    assert weighted_leaves(ours) == weighted_leaves(reference)
+    assert {m.p for m in ours.modules() if isinstance(m, nn.Dropout)} == {0.2}
+    assert all(m.causal for m in ours.modules() if hasattr(m, "causal"))
+    # the same weights give the same next-token logits
+    renamed = {
+        name.replace("transformer.", "").replace("wte", "embed.wte").replace("wpe", "embed.wpe"): p
+        for name, p in reference.state_dict().items()
+    }
+    ours.load_state_dict(renamed)
+    ours.eval(), reference.eval()
+    idx = torch.randint(0, 65, (2, 40))
+    torch.testing.assert_close(ours(idx)[:, [-1], :], reference(idx))
