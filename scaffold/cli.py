@@ -41,7 +41,9 @@ def _load(spec: Path, project: str | None = None):
 
 
 @app.command()
-def validate(spec: Path = typer.Argument(..., help="Spec file (YAML).", show_default=False)) -> None:
+def validate(
+    spec: Path = typer.Argument(..., help="Spec file (YAML).", show_default=False)
+) -> None:
     """Check a spec: shapes, values and keys. Exit 0 with a summary, or 2 with the first error."""
     try:
         plan = _load(spec)
@@ -68,16 +70,23 @@ def show(
 
 @app.command()
 def new(
-    path: Path = typer.Argument(..., help="Directory to create; its name is the project name.", show_default=False),
-    spec: Optional[Path] = typer.Option(None, "--spec", "-s", help="Spec file (YAML); no questions asked."),
-    defaults: bool = typer.Option(False, "--defaults", help="Take every default answer without asking."),
+    path: Path = typer.Argument(
+        ..., help="Directory to create; its name is the project name.", show_default=False
+    ),
+    spec: Optional[Path] = typer.Option(
+        None, "--spec", "-s", help="Spec file (YAML); no questions asked."
+    ),
+    defaults: bool = typer.Option(
+        False, "--defaults", help="Take every default answer without asking."
+    ),
 ) -> None:
     """Generate a standalone PyTorch project (a git repository) from a spec or from questions."""
     from scaffold.render import check_target, new_project
     from scaffold.spec import check_project_name
 
+    dest = Path(os.path.abspath(path))
+    notes: list[str] = []
     try:
-        dest = Path(os.path.abspath(path))
         name = check_project_name(dest.name, where="project name (the directory name)")
         check_target(dest)
         data: dict = {"project_name": name}
@@ -95,11 +104,19 @@ def new(
                 "no terminal to ask questions on; pass --spec FILE (see examples/), "
                 "or --defaults to take every default"
             )
-        new_project(dest, data, interactive=spec is None and not defaults)
+        new_project(dest, data, interactive=spec is None and not defaults, notes=notes)
     except ScaffoldError as error:
         raise _fail(error) from None
+    except (KeyboardInterrupt, SystemExit):
+        from scaffold import render
+
+        if render.finished["new"] != dest:
+            raise  # nothing was left behind
+        notes.append("the interrupt came after the project was complete")
     package = name.replace("-", "_")
     typer.echo(f"created {dest}")
+    for note in notes:
+        typer.echo(f"warning: {note}", err=True)
     typer.echo(f"  cd {path} && pip install -e '.[test]' && pytest")
     typer.echo(f"  python -m {package}.train --epochs 2")
 
@@ -107,24 +124,45 @@ def new(
 @app.command()
 def update(
     path: Path = typer.Argument(Path("."), help="The generated project."),
-    spec: Optional[Path] = typer.Option(None, "--spec", "-s", help="A changed spec (YAML) for the project."),
+    spec: Optional[Path] = typer.Option(
+        None, "--spec", "-s", help="A changed spec (YAML) for the project."
+    ),
 ) -> None:
     """Take the newest template and/or a changed spec into a project, keeping your edits."""
     from scaffold.render import update_project
 
+    project = path.resolve()
+    notes: list[str] = []
     try:
-        project = path.resolve()
         data: dict = {}
         if spec is not None:
             from scaffold.spec import load_spec_file
 
             data.update(from_spec=True, spec=load_spec_file(spec))
-        tag, conflicts = update_project(project, data)
+        tag, conflicts = update_project(project, data, notes=notes)
     except ScaffoldError as error:
         raise _fail(error) from None
+    except (KeyboardInterrupt, SystemExit) as stop:  # Ctrl-C, SIGTERM, SIGHUP
+        from scaffold import render
+
+        if render.finished["update"] == project:  # it landed after the update was written
+            typer.echo(f"updated {project}; the interrupt came after the update was complete")
+            raise typer.Exit(0) from None
+        code = stop.code if isinstance(stop, SystemExit) and isinstance(stop.code, int) else 130
+        typer.echo(
+            f"interrupted: {project} is unchanged (same commit, no file touched); "
+            "run `scaffold update` again to update it",
+            err=True,
+        )
+        raise typer.Exit(code) from None
     typer.echo(f"updated {project} to template {tag}; review the changes with `git diff`")
+    for note in notes:
+        typer.echo(f"note: {note}", err=True)
     if conflicts:
-        typer.echo("conflicts (both you and the template changed the same lines; resolve the markers):", err=True)
+        typer.echo(
+            "conflicts (both you and the template changed the same lines; resolve the markers):",
+            err=True,
+        )
         for name in conflicts:
             typer.echo(f"  {name}", err=True)
 
@@ -157,7 +195,8 @@ def _main(
 
 
 def _terminate(signum, frame) -> None:
-    """SIGTERM unwinds like Ctrl-C, so that a half-generated project is removed."""
+    """SIGTERM and SIGHUP (a closed terminal) unwind like Ctrl-C, so that a
+    half-generated project is removed and an update is not half applied."""
     raise SystemExit(128 + signum)
 
 
@@ -166,6 +205,10 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, _terminate)
+    if (
+        hasattr(signal, "SIGHUP") and signal.getsignal(signal.SIGHUP) is not signal.SIG_IGN
+    ):  # not under nohup
+        signal.signal(signal.SIGHUP, _terminate)
     try:
         app()
     except SystemExit:

@@ -48,6 +48,14 @@ class GenerateError(ScaffoldError):
     """A project could not be generated (target exists, template failure...)."""
 
 
+class GitError(GenerateError):
+    """A git command that scaffold ran failed; ``stderr`` is what git said."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        super().__init__(message)
+        self.stderr = stderr
+
+
 @dataclass(frozen=True)
 class SpecWarning:
     """A likely mistake that does not stop generation."""

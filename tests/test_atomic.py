@@ -3,10 +3,12 @@
 A failure is injected at every stage of ``scaffold new`` (validation, template
 sync, render, black formatting, git init/add/commit, chmod, the final rename,
 a target that appears meanwhile), as an ordinary error and as Ctrl-C
-(KeyboardInterrupt), and a real SIGINT (and SIGTERM) is sent to a ``scaffold
-new`` process while it renders. Afterwards the working directory must be
-exactly as before: no project, no ``.*.scaffold-tmp`` staging directory, and
-an existing target (a non-empty directory, a file, a symlink) never touched.
+(KeyboardInterrupt), and a real SIGINT, SIGTERM and SIGHUP is sent to a
+``scaffold new`` process held at a known moment: at each of its stages, and at
+its git commands (no timing is guessed). Afterwards the working directory must
+be exactly as before: no project, no ``.*.scaffold-tmp`` staging directory, and
+an existing target (a non-empty directory, a file, a symlink) never touched. A
+staging directory that SIGKILL left behind is removed by the next run.
 """
 
 from __future__ import annotations
@@ -15,18 +17,16 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import ROOT, git
 from typer.testing import CliRunner
 
 from scaffold import render
 from scaffold.cli import app
 from scaffold.errors import GenerateError, ScaffoldError
-
-from conftest import ROOT, git
 
 SPEC = ROOT / "examples" / "digits-cnn.yaml"
 STAGES = [
@@ -136,9 +136,15 @@ def inject(stage: str, make_error, monkeypatch, work: Path) -> None:
     elif stage == "rename":
         real_rename = os.rename
 
+        moved = []
+
         def rename(src, dst, *args, **kwargs):
             if staging(src):
                 raise make_error()
+            if staging(os.path.dirname(src)):  # an empty target is filled in place: fail midway
+                moved.append(src)
+                if len(moved) == 3:
+                    raise make_error()
             return real_rename(src, dst, *args, **kwargs)
 
         monkeypatch.setattr(render.os, "rename", rename)
@@ -157,7 +163,12 @@ def inject(stage: str, make_error, monkeypatch, work: Path) -> None:
 
 
 # every stage with every error; "target taken meanwhile" is a race, not an injected error
-CASES = [(stage, error) for stage in STAGES for error in ERRORS if stage != "target taken meanwhile" or error == "error"]
+CASES = [
+    (stage, error)
+    for stage in STAGES
+    for error in ERRORS
+    if stage != "target taken meanwhile" or error == "error"
+]
 
 
 @pytest.mark.parametrize(("stage", "error"), CASES)
@@ -177,7 +188,9 @@ def test_failure_at_every_stage_leaves_nothing(stage, error, work, monkeypatch):
     elif error == "ctrl-c":
         assert result.exit_code != 0  # click: "Aborted!", exit 1
     elif stage == "validation" or (stage == "template sync" and error == "error"):
-        assert type(result.exception) is type(ERRORS[error]())  # an internal error; main() reports it
+        assert type(result.exception) is type(
+            ERRORS[error]()
+        )  # an internal error; main() reports it
     else:
         assert result.exit_code == 2, result.output
         assert result.stderr.startswith("error: ") and "Traceback" not in result.stderr
@@ -201,7 +214,15 @@ def test_an_empty_target_directory_survives_a_failure(stage, work, monkeypatch):
 
 
 @pytest.mark.parametrize(
-    "kind", ["non-empty dir", "hidden file only", "file", "symlink to dir", "symlink to file", "broken symlink"]
+    "kind",
+    [
+        "non-empty dir",
+        "hidden file only",
+        "file",
+        "symlink to dir",
+        "symlink to file",
+        "broken symlink",
+    ],
 )
 def test_an_existing_target_is_never_touched(kind, work):
     target = work / "proj"
@@ -229,7 +250,10 @@ def test_an_existing_target_is_never_touched(kind, work):
     assert snapshot(work) == before
     assert not (work / "scaffold-home").exists()  # refused before anything was written
     with pytest.raises(GenerateError):  # the library refuses too
-        render.new_project(target, {"project_name": "proj", "from_spec": True, "spec": yaml.safe_load(SPEC.read_text())})
+        render.new_project(
+            target,
+            {"project_name": "proj", "from_spec": True, "spec": yaml.safe_load(SPEC.read_text())},
+        )
     assert snapshot(work) == before
 
 
@@ -252,47 +276,87 @@ def test_an_interrupted_template_sync_recovers(work, monkeypatch):
 
 
 # --------------------------------------------------------------------------- real signals
+#
+# A real `scaffold new` process is held at a known moment and signalled there:
+# at each of its stages (SCAFFOLD_TEST_PAUSE), and while it waits on its N-th git
+# command (a git wrapper on PATH holds that command until the signal has landed).
+# No timing is guessed, so every signal lands mid-generation, every time.
+
+NEW_STAGES = ["new.staged", "new.rendered", "new.committed"]
 
 
 def staging_dirs(work: Path) -> list[Path]:
-    return [p for p in work.iterdir() if p.name.endswith(".scaffold-tmp")]
+    return [p for p in work.rglob("*.scaffold-tmp")]
 
 
-def interrupt_run(work: Path, env: dict, delay: float, sig: int) -> tuple[int, str, bool]:
-    """Start `scaffold new`, wait until its staging directory exists, wait `delay`
-    seconds more, send `sig`. Returns (exit code, stderr, whether staging existed then)."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "scaffold.cli", "new", "proj", "--spec", str(SPEC)],
-        cwd=work, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    deadline = time.monotonic() + 60
-    while not staging_dirs(work) and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.002)
-    time.sleep(delay)
-    mid_way = bool(staging_dirs(work))
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    _, stderr = proc.communicate(timeout=120)
-    return proc.returncode, stderr, mid_way
+@pytest.fixture
+def stopper(work, env, tmp_path_factory):
+    from signal_helpers import Stopper
+
+    return Stopper(tmp_path_factory.mktemp("stopper"), env)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
-def test_a_real_signal_mid_generation_leaves_nothing_half_written(sig, work, env):
-    """A signal at several moments of a real `scaffold new`: afterwards there is either
-    no project at all, or (signal too late) a complete, committed one."""
-    interrupted = 0
-    for delay in (0.0, 0.02, 0.1, 0.3, 0.6):
-        before = snapshot(work)
-        code, stderr, mid_way = interrupt_run(work, env, delay, sig)
-        INJECTED.append(f"real {signal.Signals(sig).name} after {delay}s")
+def new_args():
+    return ["-m", "scaffold.cli", "new", "proj", "--spec", SPEC]
+
+
+def git_points(stopper, work, sig) -> list[int]:
+    """Git commands of one `scaffold new` (counted on a complete run, the template already
+    published): every third one for SIGINT, two for the others."""
+    render.sync_template_repo()
+    code, _, err, _ = stopper.run(new_args(), work)
+    assert code == 0, err
+    subprocess.run(["rm", "-rf", str(work / "proj")], check=True)
+    calls = stopper.git_calls()
+    return list(range(1, calls + 1, 3)) if sig == signal.SIGINT else [calls // 3, 2 * calls // 3]
+
+
+@pytest.mark.parametrize(
+    "sig", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=["SIGINT", "SIGTERM", "SIGHUP"]
+)
+def test_a_real_signal_mid_generation_leaves_nothing_half_written(sig, work, env, stopper):
+    """A signal at every stage and at many git commands of a real `scaffold new`: afterwards
+    the directory is exactly as before (no project, no staging directory)."""
+    points = [{"stage": stage} for stage in NEW_STAGES] + [
+        {"git_call": n} for n in git_points(stopper, work, sig)
+    ]
+    before = snapshot(work)
+    for where in points:
+        code, _, stderr, stopped = stopper.run(new_args(), work, sig, **where)
+        INJECTED.append(f"real {signal.Signals(sig).name} at {stopped}")
+        assert stopped, f"never reached {where}"
         assert "Traceback" not in stderr, stderr
-        assert staging_dirs(work) == [], f"staging left after {signal.Signals(sig).name} at +{delay}s"
-        if code == 0:  # finished before the signal landed: a whole project
-            assert git(work / "proj", "status", "--porcelain") == ""
-            assert git(work / "proj", "rev-list", "--count", "HEAD").strip() == "1"
-            subprocess.run(["rm", "-rf", str(work / "proj")], check=True)
-        else:
-            interrupted += mid_way
-            assert not (work / "proj").exists(), stderr
-            assert snapshot(work) == before
-    assert interrupted >= 2, "the signal never landed mid-generation; the timings need a look"
+        assert code == 128 + sig, (stopped, code, stderr)
+        assert (
+            staging_dirs(work) == []
+        ), f"staging left after {signal.Signals(sig).name} at {stopped}"
+        assert not (work / "proj").exists(), stderr
+        assert snapshot(work) == before, stopped
+        assert stopper.leftovers() == []
+    print(f"\nreal {signal.Signals(sig).name} at {len(points)} points of `scaffold new`")
+
+
+@pytest.mark.parametrize("empty_target", [False, True], ids=["new directory", "empty directory"])
+def test_staging_left_by_sigkill_is_cleaned_by_the_next_run(empty_target, work, env, stopper):
+    """SIGKILL cannot be handled: the staging directory stays; the next `scaffold new` there
+    removes it (its process is gone) and succeeds. A live one's is never touched."""
+    if empty_target:
+        (work / "proj").mkdir()
+    code, _, _, stopped = stopper.run(new_args(), work, signal.SIGKILL, stage="new.rendered")
+    assert stopped and code == -signal.SIGKILL
+    left = staging_dirs(work)
+    assert len(left) == 1
+    live = work / f".other.{os.getpid()}.abcdefgh.scaffold-tmp"  # this test process is alive
+    live.mkdir()
+    result = subprocess.run(
+        [sys.executable, *map(str, new_args())],
+        cwd=work,
+        env=env,
+        capture_output=True,
+        text=True,
+        stdin=subprocess.DEVNULL,
+    )
+    assert result.returncode == 0, result.stderr
+    assert staging_dirs(work) == [live]
+    assert git(work / "proj", "status", "--porcelain") == ""
+    INJECTED.append("SIGKILL, then a new run")
