@@ -302,13 +302,13 @@ def new_args():
 
 def git_points(stopper, work, sig) -> list[int]:
     """Git commands of one `scaffold new` (counted on a complete run, the template already
-    published): every third one for SIGINT, two for the others."""
+    published): every fourth one for SIGINT, two for the others."""
     render.sync_template_repo()
     code, _, err, _ = stopper.run(new_args(), work)
     assert code == 0, err
     subprocess.run(["rm", "-rf", str(work / "proj")], check=True)
     calls = stopper.git_calls()
-    return list(range(1, calls + 1, 3)) if sig == signal.SIGINT else [calls // 3, 2 * calls // 3]
+    return list(range(1, calls + 1, 4)) if sig == signal.SIGINT else [calls // 3, 2 * calls // 3]
 
 
 @pytest.mark.parametrize(

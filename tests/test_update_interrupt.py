@@ -129,7 +129,7 @@ def check(upgrade, sig, **where) -> str:
 def test_sigint_at_any_git_command_of_an_update(upgrade):
     """SIGINT while scaffold waits on its N-th git command, for N over the whole update."""
     calls = upgrade["calls"]
-    points = sorted({1, 3, *(calls * k // 8 for k in range(1, 8)), calls - 1, calls} - {0})
+    points = sorted({1, 3, *(calls * k // 6 for k in range(1, 6)), calls - 1, calls} - {0})
     outcomes = [check(upgrade, signal.SIGINT, git_call=n) for n in points]
     assert (
         outcomes.count("unchanged") >= len(points) - 2
