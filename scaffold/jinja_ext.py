@@ -75,8 +75,18 @@ def scaffold_compose(
     epochs: int,
     batch_size: int,
     lr: float,
+    vocab: int = 65,
+    seq_block: str = "transformer",
+    width: int = 128,
+    layers: int = 2,
+    heads: int = 4,
 ) -> dict[str, Any]:
     """Build a spec from the interactive answers (conventional defaults for the rest)."""
+    if kind in ("lm", "seq"):
+        return _compose_sequence(
+            kind, input_shape, hidden, num_outputs, task, epochs, batch_size, lr,
+            vocab, seq_block, width, layers, heads,
+        )  # fmt: skip
     shape = _ints(input_shape, "input shape")
     model: dict[str, Any] = {"kind": kind, "input": shape}
     convs = (
@@ -121,6 +131,52 @@ def scaffold_compose(
         "epochs": epochs,
         "batch_size": batch_size,
         "optimizer": {"name": "adamw", "lr": lr, "weight_decay": 0.01},
+        "scheduler": "cosine",
+    }
+    return {"model": model, "train": train}
+
+
+def _compose_sequence(
+    kind: str,
+    context: str,
+    hidden: str,
+    num_outputs: int,
+    task: str,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    vocab: int,
+    seq_block: str,
+    width: int,
+    layers: int,
+    heads: int,
+) -> dict[str, Any]:
+    """A language model or sequence model from the answers: nanoGPT's layout for a
+    transformer (learned positions, final norm, tied output layer), or a recurrent stack."""
+    (length,) = _ints(context, "context")[:1]
+    transformer = seq_block == "transformer"
+    seq: list[dict[str, Any]] = [
+        {"type": "embedding", "features": width, "position": "learned" if transformer else "none"}
+    ]
+    if transformer:
+        seq += [{"type": "transformer", "layers": layers, "heads": heads}, {"type": "norm"}]
+    else:
+        seq.append({"type": seq_block, "features": width, "layers": layers})
+    model: dict[str, Any] = {"kind": kind, "input": [length], "vocab": vocab, "seq": seq}
+    if kind == "lm":
+        model["tie_embeddings"] = True
+        train_task = "language_modeling"
+    else:
+        seq.append({"type": "pool", "mode": "mean" if transformer else "last"})
+        widths = _ints(hidden, "hidden sizes", allow_empty=True)
+        model["defaults"] = {"activation": "relu"}
+        model["mlp"] = [{"features": w} for w in widths] + [{"features": num_outputs}]
+        train_task = task
+    train = {
+        "task": train_task,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "optimizer": {"name": "adamw", "lr": lr, "weight_decay": 0.1},
         "scheduler": "cosine",
     }
     return {"model": model, "train": train}

@@ -94,7 +94,12 @@ class Part:
         out: list[tuple[Item, int, str]] = []
         for item in self.items:
             label = item.where.split(" layer ")[0] if isinstance(item, Block) else ""
-            if out and isinstance(item, Block) and out[-1][0].code == item.code and out[-1][2] == label:
+            if (
+                out
+                and isinstance(item, Block)
+                and out[-1][0].code == item.code
+                and out[-1][2] == label
+            ):
                 out[-1] = (out[-1][0], out[-1][1] + 1, label)
             else:
                 out.append((item, 1, label))
