@@ -72,7 +72,7 @@ def test_new_template_version_reaches_the_project(project, tmp_path, env):
         / "project"
         / "src"
         / "{{package_name}}"
-        / "{% if spec.model.kind != 'gan' %}train.py{% endif %}.jinja"
+        / "{% if spec.model.kind not in ['gan', 'lm', 'seq'] %}train.py{% endif %}.jinja"
     )
     train.write_text(train.read_text() + "\n# Command-line entry point (template 9).\n")
     answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
