@@ -45,7 +45,7 @@ def test_prompts_through_a_terminal_make_a_working_vae(tmp_path, env):
     code = (project / "src" / "my_vae" / "model.py").read_text()
     assert "LATENT_DIM = 6" in code
     assert "ConvBlock(1, 8, 3, stride=2, padding=1, norm_layer=nn.BatchNorm2d, act_layer=nn.ReLU)" in code
-    assert "epochs: int = 2" in (project / "src" / "my_vae" / "train.py").read_text()
+    assert "epochs: int = option(2," in (project / "src" / "my_vae" / "train.py").read_text()
     answers = (project / ".copier-answers.yml").read_text()
     assert "latent: 6" in answers and "from_spec: false" in answers
 
