@@ -512,7 +512,7 @@ class VAEBuilder(AutoencoderBuilder):
             "fc_decode", latent, flat, enc.last_style(), None, f"z back to {last}'s output"
         )
         decode_doc = "z back to the encoder's output" + (
-            "" if isinstance(fc_decode, Layer) else f", with {last}'s norm and activation"
+            "" if isinstance(fc_decode, Layer) else f" ({last}'s norm and act)"
         )
         parts = [
             Part(
