@@ -56,16 +56,37 @@ def validate(
 def show(
     spec: Path = typer.Argument(..., help="Spec file (YAML).", show_default=False),
     width: int = typer.Option(100, help="Table width in columns."),
+    format: str = typer.Option(
+        "table",
+        "--format",
+        "-f",
+        help="table (text), svg (a picture of the blocks) or json (the plan as data).",
+    ),
 ) -> None:
-    """Print every layer with its output shape and parameter count, then the totals."""
-    from scaffold.plan import format_table
-
+    """Print every layer with its output shape and parameter count, then the totals; or the
+    same as a picture (--format svg) or as data (--format json)."""
+    if format not in ("table", "svg", "json"):
+        typer.echo(f"error: --format {format}: must be one of table, svg, json", err=True)
+        raise typer.Exit(2)
     try:
         plan = _load(spec)
     except ScaffoldError as error:
         raise _fail(error) from None
-    typer.echo(plan.summary())
-    typer.echo(format_table(plan, width=width))
+    if format == "svg":
+        from scaffold.draw import render_svg
+
+        typer.echo(render_svg(plan), nl=False)
+    elif format == "json":
+        import json
+
+        from scaffold.draw import plan_data
+
+        typer.echo(json.dumps(plan_data(plan), indent=2))
+    else:
+        from scaffold.plan import format_table
+
+        typer.echo(plan.summary())
+        typer.echo(format_table(plan, width=width))
 
 
 @app.command()
