@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import GIT_IDENTITY, run_cli
+from conftest import GIT_IDENTITY, ROOT, run_cli
 
 torch = pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
@@ -418,3 +418,16 @@ def test_memory_mapped_data_is_not_loaded_whole(tmp_path_factory):
     assert f"{n} training samples" in stdout
     print(f"peak anonymous RSS {peak / 2**20:.0f} MiB for a {size / 2**20:.0f} MiB file")
     assert peak < size / 2, (peak, size)
+
+
+def test_gan_samples_grid(tmp_path_factory):
+    root = tmp_path_factory.mktemp("gan")
+    project = generate(root, (ROOT / "examples" / "gan.yaml").read_text(), "gan")
+    out = root / "run"
+    result = run(
+        project, "train", "--epochs", "1", "--samples", "256", "--out", out, "--device", "cpu"
+    )
+    assert result.returncode == 0, result.stderr
+    result = run(project, "plot", out)
+    assert result.returncode == 0, result.stderr
+    assert is_png(out / "samples.png")
