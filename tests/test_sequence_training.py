@@ -90,10 +90,10 @@ def test_language_model_learns_a_text_and_samples_from_it(tmp_path, env):
     (tmp_path / "tiny-lm.yaml").write_text(yaml.safe_dump(spec))
     project = new_project(tmp_path, env, tmp_path / "tiny-lm.yaml", "tiny-lm")
     run = tmp_path / "run"
-    flags = ["--max-steps", "300", "--eval-every", "100", "--warmup-steps", "30", "--device", "cpu"]
+    flags = ["--max-steps", "200", "--eval-every", "100", "--warmup-steps", "20", "--device", "cpu"]
     run_module(project, env, "train", "--data", str(tmp_path / "verses.txt"), "--out", str(run), *flags)
 
-    entropy = unigram_entropy(text)  # about 2.7 nats
+    entropy = unigram_entropy(text)  # 2.92 nats (27 characters)
     val_loss = last_row(run)["val_loss"]
     print(f"validation loss {val_loss:.3f} nats, unigram entropy {entropy:.3f} nats")
     assert val_loss < 0.5 * entropy, f"validation loss {val_loss:.3f}, unigram entropy {entropy:.3f}"
