@@ -21,7 +21,10 @@ Runs are interleaved, --runs rounds of one each, and the best of each is printed
 machine interference only slows a run down), with the ratio (above 1: the generated trainer
 is faster).
 
-    python benchmarks/lm_speed.py /tmp/nanogpt [--steps 30] [--runs 3] [--threads 2]
+    python benchmarks/lm_speed.py /tmp/nanogpt [--steps 30] [--runs 3] [--threads 1]
+
+On a machine shared with other work, --threads 1 keeps both loops from fighting over cores
+(with 2 threads on a loaded 2-core machine both ran 10x slower, and the ratio was noise).
 """
 
 from __future__ import annotations
