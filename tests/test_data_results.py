@@ -174,6 +174,7 @@ def test_evaluate_on_a_second_folder(cnn, cnn_run, shapes, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "confusion matrix" in result.stdout and "per-class accuracy: circle" in result.stdout
     values = json.loads(report.read_text())
+    print(f"cnn on a second folder: accuracy {values['acc']:.3f} (chance 0.333)")
     assert values["samples"] == 90 and values["acc"] >= 0.8, values
     assert values["classes"] == list(SHAPES)
     assert sum(map(sum, values["confusion"])) == 90
@@ -340,6 +341,7 @@ if {has_onnx}:
     assert result.returncode == 0, result.stderr
     differences = [float(line) for line in result.stdout.split()]
     assert len(differences) == (2 if has_onnx else 1)
+    print(f"export: largest difference from eager (pt2, onnx): {differences}")
     assert max(differences) < 1e-4, differences
 
 
