@@ -23,6 +23,7 @@ from typing import Any
 
 from jinja2.ext import Extension
 
+from scaffold.draw import render_svg
 from scaffold.errors import SpecError
 from scaffold.layers import fmt_shape
 from scaffold.plan import format_table
@@ -222,6 +223,7 @@ class ScaffoldExtension(Extension):
             scaffold_check_spec=scaffold_check_spec,
             scaffold_package_name=package_name,
             scaffold_table=format_table,
+            scaffold_svg=render_svg,
         )
         environment.filters["black"] = black_format
         environment.filters["shape"] = fmt_shape

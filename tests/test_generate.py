@@ -70,7 +70,8 @@ def test_example_becomes_a_working_project(example, tmp_path, env):
     assert " passed" in tests.stdout and "failed" not in tests.stdout
 
     train = subprocess.run(
-        [sys.executable, "-m", f"{package}.train", "--epochs", "2", "--samples", "256", "--out", str(tmp_path / "run")],
+        [sys.executable, "-m", f"{package}.train", "--epochs", "2", "--samples", "256", "--out", str(tmp_path / "run")]
+        + (["--batch-size", "4"] if answers["spec"]["model"]["kind"] == "lm" else []),  # 10M-parameter LM
         cwd=project, env={**env, "PYTHONPATH": str(project / "src")}, capture_output=True, text=True, timeout=600,
     )
     assert train.returncode == 0, train.stderr
@@ -82,10 +83,13 @@ def test_model_code_carries_the_plan(tmp_path, env):
     example = ROOT / "examples" / "odd-autoencoder.yaml"
     assert run_cli("new", "odd", "--spec", example, cwd=tmp_path, env=env).returncode == 0
     code = (tmp_path / "odd" / "src" / "odd" / "model.py").read_text()
-    # every layer carries its output shape, from the plan
-    assert 'up=nn.Upsample(size=(9, 13), mode="nearest"),  # (B, 16, 9, 13)' in code
-    assert "conv=nn.ConvTranspose2d(8, 3, kernel_size=5, stride=2),  # (B, 3, 37, 53)" in code
-    assert "class LinearBlock" not in code  # only the blocks the model uses
+    # blocks built from sizes, each with its spec entry and shapes from the plan
+    assert "# mirrors model.conv[1]: (B, 16, 4, 6) -> (B, 8, 17, 25)" in code
+    assert "upsample=nn.Upsample(size=(9, 13))" in code
+    assert "# mirrors model.conv[0]: (B, 8, 17, 25) -> (B, 3, 37, 53)\n" in code
+    assert "UpBlock(8, 3, 5, stride=2)," in code
+    assert "class ResidualUpBlock" not in code  # only the blocks the model uses
+    assert "Identity" not in code  # no placeholder modules in plain blocks
     assert "import scaffold" not in code
 
 
