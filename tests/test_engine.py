@@ -6,7 +6,7 @@ import copy
 
 import pytest
 import yaml
-from conftest import EXAMPLES, check_rendered_model, torch_check_plan
+from conftest import EXAMPLES, ROOT, check_rendered_model, torch_check_plan
 
 from scaffold.builders import plan_from_file, plan_from_raw
 from scaffold.errors import SpecError
@@ -540,3 +540,21 @@ def test_a_thousand_layer_mlp_validates_and_matches_torch(tmp_path, env):
     plan = plan_from_file(tmp_path / "deep.yaml")
     torch_check_plan(plan)
     assert len(plan.part("trunk").items) == 999
+
+
+@pytest.mark.parametrize("kind", ["lm", "seq"])
+@pytest.mark.parametrize("block", ["transformer", "gru", "lstm"])
+def test_interactive_answers_make_valid_sequence_models(kind, block):
+    """The questions for kinds lm and seq compose a spec the engine accepts, in nanoGPT's
+    layout for a transformer; copier.yml itself parses."""
+    import yaml
+
+    from scaffold.jinja_ext import scaffold_compose
+
+    spec = scaffold_compose(kind, "64", "", "32", 3, 16, "classification", 2, 8, 1e-3, 50, block, 64, 2, 4)
+    plan = plan_from_raw(spec)
+    assert plan.kind == kind and plan.input_shape == (64,) and plan.vocab == 50
+    assert plan.has_part("ln_f") == (block == "transformer")
+    assert plan.output_shape == ((64, 50) if kind == "lm" else (3,))
+    questions = yaml.safe_load((ROOT / "templates" / "copier.yml").read_text())
+    assert {"vocab", "seq_block", "width", "layers", "heads"} <= questions.keys()
