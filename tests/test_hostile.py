@@ -42,6 +42,7 @@ from scaffold.spec import (
     ACTIVATIONS, DEFAULT_KEYS, LINEAR_KEYS, CONV_KEYS, MODEL_KEYS, OPTIMIZER_KEYS, POOL_KEYS, TOP_KEYS, TRAIN_KEYS,
     HEAD_KEYS, KINDS, TASKS, OPTIMIZERS, SCHEDULERS, LINEAR_NORMS, POOL_KINDS, DECODERS, PART_NAME_RE, PROJECT_RE,
     _NoAliasLoader, check_project_name, load_spec_file, load_yaml_text,
+    SEQ_KEYS, SEQ_TYPES, POSITIONS, POOL_MODES, SEQ_ACTIVATIONS, SEQUENCE_MODEL_KEYS,
 )
 
 from conftest import ROOT, git, run_cli
@@ -236,9 +237,11 @@ def test_string_fields_cover_every_choice_list():
 
 # --------------------------------------------------------------------------- taint: nothing unvalidated reaches code
 
-VOCABULARY = set(KINDS + TASKS + ACTIVATIONS + LINEAR_NORMS + POOL_KINDS + OPTIMIZERS + SCHEDULERS + DECODERS)
+VOCABULARY = set(KINDS + TASKS + ACTIVATIONS + LINEAR_NORMS + POOL_KINDS + OPTIMIZERS + SCHEDULERS + DECODERS
+                 + SEQ_TYPES + POSITIONS + POOL_MODES + SEQ_ACTIVATIONS)
+SEQUENCE_BLOCK_KEYS = tuple({"type", *(name for keys in SEQ_KEYS.values() for name, _, _ in keys)})
 SCHEMA_KEYS = set(TOP_KEYS + MODEL_KEYS + DEFAULT_KEYS + LINEAR_KEYS + CONV_KEYS + TRAIN_KEYS + OPTIMIZER_KEYS
-                  + POOL_KEYS + HEAD_KEYS)
+                  + POOL_KEYS + HEAD_KEYS + SEQUENCE_MODEL_KEYS + SEQUENCE_BLOCK_KEYS)
 
 
 def unvalidated_strings(spec) -> list[str]:
@@ -270,14 +273,15 @@ def test_accepted_specs_hold_only_validated_strings():
     """Examples and fuzzed specs: every string an accepted spec holds passed a validator."""
     from hypothesis import given, settings
 
-    from test_fuzz import FUZZ, known_bug, valid_specs
+    from hypothesis import strategies as st
+    from test_fuzz import FUZZ, known_bug, sequence_specs, valid_specs
 
     for path in sorted((ROOT / "examples").glob("*.yaml")):
         assert unvalidated_strings(load_spec_file(path)) == [], path.name
         tried("accepted specs checked for unvalidated strings")
 
     @settings(FUZZ, max_examples=150)
-    @given(valid_specs())
+    @given(st.one_of(valid_specs(), sequence_specs()))
     def check(spec):
         if known_bug(spec):
             return
