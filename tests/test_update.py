@@ -67,13 +67,7 @@ def test_new_template_version_reaches_the_project(project, tmp_path, env):
     # publish a newer template (v9.0.0) with a change to the trainer
     newer = tmp_path / "newer-template"
     shutil.copytree(template_source(), newer)
-    train = (
-        newer
-        / "project"
-        / "src"
-        / "{{package_name}}"
-        / "{% if spec.model.kind not in ['gan', 'lm', 'seq'] %}train.py{% endif %}.jinja"
-    )
+    train = newer / "includes" / "train" / "classic.py.jinja"  # the mlp/cnn/ae/vae train.py
     train.write_text(train.read_text() + "\n# Command-line entry point (template 9).\n")
     answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
     _, tag = sync_template_repo(
