@@ -314,7 +314,7 @@ def token_embedding(
     if positions:
         layers.append(L.embedding(length, features, shape, "wpe"))
     layers.append(L.dropout(dropout, shape))  # always there, as in nanoGPT (p may be 0)
-    args: tuple = (vocab, features, context)
+    args: tuple = (vocab, features, context) if positions else (vocab, features)
     if dropout:
         args += (("dropout", dropout),)
     return Block("TokenEmbedding", where, (context,), tuple(layers), args, out=shape)

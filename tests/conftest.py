@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import posixpath
 from pathlib import Path
 
 import pytest
@@ -60,12 +61,14 @@ def render_template(relative: str, spec: dict, project: str = "demo") -> str:
     from scaffold.jinja_ext import ScaffoldExtension
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(ROOT / "templates" / "project")),
+        loader=jinja2.FileSystemLoader(str(ROOT / "templates")),  # copier's root: includes/ too
         extensions=[ScaffoldExtension],
         keep_trailing_newline=True,
     )
+    env.globals["pathjoin"] = posixpath.join  # as copier defines it
     package = project.replace("-", "_")
-    return env.get_template(relative).render(spec=spec, project_name=project, package_name=package)
+    template = env.get_template(f"project/{relative}")
+    return template.render(spec=spec, project_name=project, package_name=package)
 
 
 def first(output):
@@ -73,16 +76,25 @@ def first(output):
     return output[0] if isinstance(output, tuple) else output
 
 
+def load_source(source: str, name: str):
+    """Run generated code as the module `name` (registered, as an import would: @dataclass
+    looks its module up in sys.modules)."""
+    import sys
+    import types
+
+    module = types.ModuleType(name)
+    sys.modules[name] = module
+    exec(compile(source, f"{name}.py", "exec"), module.__dict__)
+    return module
+
+
 def check_rendered_model(plan, spec: dict, project: str | None = None) -> None:
     """Render model.py, build the model, run a forward pass on the meta device, and compare
     every hooked module's output shape and the parameter total with the plan."""
-    import types
-
     torch = pytest.importorskip("torch")
 
     source = render_template("src/{{package_name}}/model.py.jinja", spec, project or plan.project)
-    module = types.ModuleType("generated_model")
-    exec(compile(source, "model.py", "exec"), module.__dict__)
+    module = load_source(source, "generated_model")
     with torch.device("meta"):
         model = getattr(module, plan.class_name)()
     assert sum(p.numel() for p in model.parameters()) == plan.params

@@ -36,7 +36,6 @@ import os
 import re
 import subprocess
 import sys
-import types
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -51,7 +50,7 @@ from scaffold.errors import SpecError
 from scaffold.jinja_ext import black_format
 from scaffold.spec import load_yaml_text
 
-from conftest import ROOT, run_cli
+from conftest import ROOT, load_source, run_cli
 
 torch = pytest.importorskip("torch")
 
@@ -132,8 +131,7 @@ def first(output):
 
 def exec_model(source: str, class_name: str):
     """Execute a rendered model.py in a fresh module namespace; return the model class."""
-    module = types.ModuleType("fuzzed_model")
-    exec(compile(source, "model.py", "exec"), module.__dict__)
+    module = load_source(source, "fuzzed_model".replace("-", "_"))
     return getattr(module, class_name)
 
 
