@@ -51,6 +51,7 @@ class Encoder:
     specs: list[ConvSpec | LinearSpec] = field(default_factory=list)
     pre_pool: dict[int, Shape] = field(default_factory=dict)  # block index -> shape before pooling
     flat_from: Shape | None = None  # the shape that Flatten turned into a vector
+    global_pool: Layer | None = None  # adaptive pooling after the conv stack (`global_pool:`)
 
     @property
     def out_shape(self) -> Shape:
@@ -174,6 +175,12 @@ class Stack:
             enc.blocks.append(block)
             enc.specs.append(c)
             shape, source = block.out_shape, f"the previous block ({c.where}) outputs a map that"
+        if self.model.global_pool:  # one value per channel, whatever the input size
+            ones = (1,) * self.ndim
+            op = f"Adaptive{self.model.global_pool.capitalize()}Pool{self.ndim}d"
+            enc.global_pool = Layer(f"{self.model.global_pool}pool", op, (ones,), (shape[0], *ones))
+            enc.items.append(enc.global_pool)
+            shape = enc.global_pool.out_shape
         if self.model.mlp and len(shape) > 1:
             enc.flat_from = shape
             enc.items.append(L.flatten(shape))
@@ -399,6 +406,10 @@ class HeadBuilder(Builder):
             parts.append(
                 Part("features", "Convolutional feature extractor.", self.model.input, tuple(convs))
             )
+        if enc.global_pool is not None:
+            pool = enc.global_pool
+            doc = "Global pooling, one value per channel, for any input size"
+            parts.append(Part(pool.role, doc, convs[-1].out_shape, (pool,), sequential=False))
         out = enc.out_shape if enc.items else self.model.input
         if self.model.heads and enc.flat_from is None and len(out) > 1:
             enc.flat_from = out  # heads right after a conv stack (or on a multi-dimensional input)

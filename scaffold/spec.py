@@ -78,7 +78,9 @@ MODEL_KEYS = (
     "vocab",
     "seq",
     "tie_embeddings",
+    "global_pool",
 )
+GLOBAL_POOLS = ("avg", "max")  # adaptive pooling to one value per channel, after the conv stack
 SEQUENCE_MODEL_KEYS = ("kind", "input", "vocab", "seq", "mlp", "defaults", "tie_embeddings")
 GENERATOR_KEYS = ("norm", "activation", "negative_slope")
 TRAIN_KEYS = (
@@ -198,6 +200,7 @@ class ModelSpec:
     generator: GeneratorSpec | None = None
     vocab: int | None = None  # sequence kinds: token ids are 0 .. vocab - 1
     seq: tuple[SeqSpec, ...] = ()
+    global_pool: str | None = None  # cnn: adaptive pooling after the conv stack (avg | max)
     tie_embeddings: bool = False
 
 
@@ -820,7 +823,32 @@ def parse_model(raw: Any) -> ModelSpec:
         )
     if kind == "gan":
         generator = _generator(m.get("generator") or {}, "conv" if conv else "mlp")
-    return ModelSpec(kind, shape, conv, mlp, latent, decoder, output_activation, heads, generator)
+    return ModelSpec(
+        kind,
+        shape,
+        conv,
+        mlp,
+        latent,
+        decoder,
+        output_activation,
+        heads,
+        generator,
+        global_pool=_global_pool(m, kind),
+    )
+
+
+def _global_pool(m: dict, kind: str) -> str | None:
+    """`global_pool: avg | max`: torchvision's AdaptiveAvgPool2d((1, 1)) after the conv stack,
+    so the network takes any input size."""
+    if "global_pool" not in m:
+        return None
+    if kind != "cnn":
+        raise SpecError(
+            "model.global_pool",
+            f"pools the feature map of a conv stack, so it applies to kind `cnn`, not `{kind}`",
+            "remove `global_pool:`, or set `kind: cnn`",
+        )
+    return as_choice(m["global_pool"], "model.global_pool", GLOBAL_POOLS)
 
 
 # --------------------------------------------------------------------------- sequences
