@@ -48,7 +48,7 @@ def _plan_cached(spec_json: str, project: str):
 
 def scaffold_plan(spec: Any, project_name: str):
     """The plan for a spec mapping; raises SpecError (aborting the render) if invalid."""
-    return _plan_cached(json.dumps(spec, sort_keys=True), project_name)
+    return _plan_cached(json.dumps(spec), project_name)  # keys in the spec's order (heads)
 
 
 def _ints(text: Any, what: str, allow_empty: bool = False) -> list[int]:
