@@ -2,9 +2,10 @@
 with real signals, real concurrent processes and real write failures.
 
 One tabular-mlp project (and, for a foreign checkpoint, one conv-vae project) is generated for
-the module. Where a signal must land at a known step, the run is started with
-TRAIN_PAUSE_AT=EPOCH:STEP:FILE: it writes FILE after that step and waits there for a signal, so
-no test depends on timing.
+the module. Where a signal must land at a known step, the run is started through PAUSE, a
+driver that patches the project's loop in the child process (the generated code has no test
+hook): after that step it writes a marker file and waits there for a signal, so no test
+depends on timing.
 """
 
 from __future__ import annotations
@@ -30,6 +31,31 @@ pytestmark = pytest.mark.slow
 
 PACKAGE = "tabular_mlp"
 QUICK = ["--samples", "512", "--batch-size", "32", "--device", "cpu"]  # 410 training samples: 12 steps
+STEPS = 12  # per epoch, with QUICK
+
+# python -c PAUSE PACKAGE N MARKER ARGS...: the package's train.main(ARGS), held after the run's
+# N-th step (counted over epochs) until a signal arrives, with MARKER written once it waits
+PAUSE = """
+import importlib, sys, time
+from pathlib import Path
+
+package, target, marker, *args = sys.argv[1:]
+loop, train = (importlib.import_module(f"{package}.{name}") for name in ("loop", "train"))
+real_add, seen = loop.Tally.add, []
+
+
+def add(self, values):
+    real_add(self, values)
+    seen.append(1)
+    if len(seen) == int(target):
+        Path(marker).write_text("paused")
+        while not self.stop.requested():
+            time.sleep(0.01)
+
+
+loop.Tally.add = add
+train.main(args)
+"""
 
 
 def generate(root: Path, example: str) -> tuple[Path, dict[str, str]]:
@@ -70,11 +96,12 @@ def run(project, *args, cwd: Path | None = None, package: str = PACKAGE, **kwarg
                           text=True, timeout=300, **kwargs)
 
 
-def start(project, *args, pause_at: str | None = None, marker: Path | None = None) -> subprocess.Popen:
+def start(project, *args, pause_at: tuple[int, int], marker: Path) -> subprocess.Popen:
+    """The run, held after step pause_at[1] of epoch pause_at[0] until a signal (see PAUSE)."""
     path, env = project
-    if pause_at:
-        env = {**env, "TRAIN_PAUSE_AT": f"{pause_at}:{marker}"}
-    return subprocess.Popen([*command(), *map(str, args)], cwd=path, env=env, stdout=subprocess.PIPE,
+    step = (pause_at[0] - 1) * STEPS + pause_at[1]
+    driver = [sys.executable, "-c", PAUSE, PACKAGE, str(step), str(marker)]
+    return subprocess.Popen([*driver, *map(str, args)], cwd=path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
 
 
@@ -130,7 +157,7 @@ def test_a_second_run_with_default_flags_never_replaces_the_first(project, tmp_p
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_during_training_saves_a_checkpoint_that_resumes_exactly(project, reference, tmp_path, signum):
     out, marker = tmp_path / "run", tmp_path / "paused"
-    process = start(project, "--epochs", "3", *QUICK, "--out", out, pause_at="2:5", marker=marker)
+    process = start(project, "--epochs", "3", *QUICK, "--out", out, pause_at=(2, 5), marker=marker)
     wait_for(marker, process)
     process.send_signal(signum)  # the run is inside epoch 2, after its step 5
     _, stderr = process.communicate(timeout=240)
@@ -157,7 +184,7 @@ def test_a_signal_during_training_saves_a_checkpoint_that_resumes_exactly(projec
 
 def test_a_directory_in_use_by_a_live_run_is_refused(project, tmp_path):
     out, marker = tmp_path / "run", tmp_path / "paused"
-    live = start(project, "--epochs", "3", *QUICK, "--out", out, pause_at="1:2", marker=marker)
+    live = start(project, "--epochs", "3", *QUICK, "--out", out, pause_at=(1, 2), marker=marker)
     wait_for(marker, live)
     try:
         second = run(project, "--epochs", "1", *QUICK, "--out", out, "--overwrite")
