@@ -22,7 +22,9 @@ place. Any failure, Ctrl-C included, removes the temporary directory.
 An update is all or nothing too: Copier merges in a temporary clone of the
 project, and the result is written into the project at the end, with
 SIGINT/SIGTERM/SIGHUP held for those few file writes. An interrupted update
-leaves the project exactly as it was.
+leaves the project exactly as it was. An update holds a lock in the project's
+git directory from start to end; a second update of the same project is
+refused, naming the first.
 """
 
 from __future__ import annotations
@@ -536,7 +538,18 @@ def read_answers(project: Path) -> dict[str, Any]:
         raise GenerateError(
             f"{project} has no .copier-answers.yml; is it a project made by scaffold?"
         )
-    answers = yaml.safe_load(path.read_text(encoding="utf-8"))
+    try:
+        answers = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise GenerateError(
+            f"{path}{where}: not valid YAML ({problem}); restore it from git "
+            "(`git checkout -- .copier-answers.yml`) or fix that line"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GenerateError(f"{path}: cannot read it ({exc}); restore it from git") from None
     if not isinstance(answers, dict):
         raise GenerateError(f"{path} is not a mapping of answers; restore it from git")
     return answers
@@ -554,15 +567,66 @@ def update_project(
     The spec (the stored one, or a new one in ``data``) is validated with the
     engine before anything changes. Copier merges in a temporary clone; the
     result is written into the project at the end, with signals held, so an
-    interruption leaves the project as it was. Returns the template tag and the
-    files left with conflict markers.
+    interruption leaves the project as it was. One update at a time: a second one
+    on the same project is refused while the first holds the project's lock.
+    Returns the template tag and the files left with conflict markers.
     """
+    project = project.resolve()
+    finished["update"] = None
+    read_answers(project)  # a project of scaffold's, before anything is written in its .git
+    with _update_lock(project):
+        return _update_locked(project, data, quiet=quiet, notes=notes)
+
+
+UPDATE_LOCK = "scaffold-update.lock"  # in the project's git directory, held for a whole update
+
+
+@contextlib.contextmanager
+def _update_lock(project: Path) -> Iterator[None]:
+    """Hold the project's update lock (an flock on <git dir>/scaffold-update.lock, which holds
+    the holder's pid), or refuse naming the update that holds it. Outside a git repository
+    there is nothing to lock: the update refuses that itself."""
+    try:
+        git_dir = Path(_git(project, "rev-parse", "--absolute-git-dir"))
+    except GitError:
+        yield
+        return
+    path = git_dir / UPDATE_LOCK
+    try:
+        handle = open(path, "a+")
+    except OSError as exc:
+        raise GenerateError(
+            f"cannot write {path} ({exc.strerror or exc}); is {project} writable?"
+        ) from None
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "another process"
+            raise GenerateError(
+                f"another `scaffold update` ({holder}) is updating {project}; wait for it to "
+                f"finish, then run this one again (the lock is {path})"
+            ) from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}\n")
+            handle.flush()
+            yield
+        finally:
+            handle.seek(0)
+            handle.truncate()
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _update_locked(
+    project: Path, data: dict[str, Any] | None, *, quiet: bool, notes: list[str] | None
+) -> tuple[str, list[str]]:
     from copier import Settings, run_update
 
     from scaffold.builders import plan_from_raw
 
-    project = project.resolve()
-    finished["update"] = None
     answers = read_answers(project)
     data = dict(data or {})
     if "spec" not in data and answers.get("from_spec"):
