@@ -33,6 +33,7 @@ import hashlib
 import json
 import math
 import os
+import posixpath
 import re
 import subprocess
 import sys
@@ -87,10 +88,11 @@ def _environment(black: bool):
     from scaffold.jinja_ext import ScaffoldExtension
 
     env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(TEMPLATE)),
+        loader=jinja2.FileSystemLoader(str(TEMPLATE.parent)),  # copier's root: includes/ too
         extensions=[ScaffoldExtension],
         keep_trailing_newline=True,
     )
+    env.globals["pathjoin"] = posixpath.join  # as copier defines it
     if not black:  # the same text, unformatted: ast.parse checks what black would parse
         env.filters["black"] = lambda source: source
     return env
@@ -110,17 +112,40 @@ def template_files() -> list[str]:
     )
 
 
+@functools.lru_cache(maxsize=None)
+def copier_settings() -> tuple[dict[str, str], list[str]]:
+    """copier.yml's computed answers (`when: false`: name -> default template) and its
+    `_exclude` patterns (templates too)."""
+    import yaml
+
+    config = yaml.safe_load((TEMPLATE.parent / "copier.yml").read_text())
+    computed = {
+        name: question["default"]
+        for name, question in config.items()
+        if isinstance(question, dict) and question.get("when") is False and name != "package_name"
+    }
+    return computed, list(config.get("_exclude", []))
+
+
 def render_project(spec: dict, project: str = "fuzzed", black: bool = False) -> dict[str, str]:
-    """Render every template file the way Copier does: names are templates too, an empty
-    name skips the file, and a later file rendering to the same path replaces an earlier one."""
+    """Render every template file the way Copier does: the computed answers (family,
+    images, ...) first, names are templates too, an empty name or an `_exclude` pattern skips
+    the file, and a later file rendering to the same path replaces an earlier one."""
+    import fnmatch
+
     env = environment(black)
     context = {"spec": spec, "project_name": project, "package_name": project.replace("-", "_")}
+    computed, exclude = copier_settings()
+    for name, default in computed.items():
+        value = env.from_string(default).render(context)
+        context[name] = {"True": True, "False": False}.get(value, value)
+    patterns = [p for p in (env.from_string(e).render(context) for e in exclude) if p]
     files: dict[str, str] = {}
     for relative in template_files():
         parts = [env.from_string(part).render(context) for part in relative[: -len(".jinja")].split("/")]
-        if not all(parts):
+        if not all(parts) or any(fnmatch.fnmatch("/".join(parts), p) for p in patterns):
             continue
-        files["/".join(parts)] = env.get_template(relative).render(context)
+        files["/".join(parts)] = env.get_template(f"project/{relative}").render(context)
     return files
 
 
@@ -182,7 +207,7 @@ def check_valid(spec: dict, black: bool = False, project: str = "fuzzed") -> Any
         raise AssertionError(f"a valid spec was rejected:\n{error.render()}") from None
     files = render_project(spec, project)
     if black:  # Copier's output: the same text through black
-        formatted = environment(True).get_template("src/{{package_name}}/model.py.jinja").render(
+        formatted = environment(True).get_template("project/src/{{package_name}}/model.py.jinja").render(
             spec=spec, project_name=project, package_name=project.replace("-", "_"))
         assert formatted == black_format(files[f"src/{project.replace('-', '_')}/model.py"])
     package = project.replace("-", "_")

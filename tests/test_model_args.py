@@ -291,3 +291,43 @@ def test_heads_keep_the_specs_order_everywhere(tmp_path):
         item["path"] for part in data["parts"] if part["name"] == "heads" for item in part["items"]
     ]
     assert keys == [f"heads.{name}" for name in order]
+
+
+# --------------------------------------------------------------------------- torchvision
+
+
+@pytest.fixture
+def torchvision(monkeypatch):
+    """torchvision's models are plain Python; its compiled ops do not register against the
+    CPU torch of this environment, so their fake-kernel registration is skipped."""
+    monkeypatch.setattr(torch.library, "register_fake", lambda *args, **kwargs: lambda fn: fn)
+    return pytest.importorskip("torchvision")
+
+
+def test_resnet18_example_is_torchvisions_resnet18(torchvision):
+    module, plan = load("resnet18")
+    reference = torchvision.models.resnet18()
+    assert plan.params == 11_689_512
+    with torch.device("meta"):  # shapes first, at no cost
+        ours = module.Resnet18()
+    assert [tuple(p.shape) for p in ours.parameters()] == [
+        tuple(p.shape) for p in reference.parameters()
+    ]
+    torch.manual_seed(0)
+    ours = module.Resnet18()
+    theirs = reference.state_dict()
+    mine = ours.state_dict()
+    assert len(mine) == len(theirs)  # parameters and BatchNorm buffers, in the same order
+    ours.load_state_dict(dict(zip(mine, theirs.values(), strict=True)))
+    ours.eval(), reference.eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x), reference(x))
+    # and torchvision's initialization: both fresh models have the same weight statistics
+    torch.manual_seed(1)
+    fresh = module.Resnet18()
+    for (name, a), b in zip(fresh.named_parameters(), reference.parameters(), strict=True):
+        if a.dim() == 4:  # Kaiming normal, fan_out
+            assert abs(a.std().item() / b.std().item() - 1) < 0.15, name
+        elif name.startswith("features") and a.dim() == 1:  # norms at 1 and 0
+            assert torch.equal(a, b), name
