@@ -346,16 +346,20 @@ def test_an_empty_or_single_class_folder_is_refused(pics, tmp_path):
     empty = folder(tmp_path / "empty", {"circle": 3, "cross": 3})
     (empty / "square").mkdir()
     single = folder(tmp_path / "single", {"circle": 6})
+    broken = folder(tmp_path / "broken", {"circle": 3, "cross": 3, "square": 3})
+    (broken / "cross" / "gone.png").symlink_to(tmp_path / "nowhere.png")
     cases = [
         ("train", ["--data", empty, "--out", tmp_path / "r1", "--no-plot", "--device", "cpu"]),
         ("evaluate", ["--checkpoint", "runs/best.pt", "--data", empty]),
         ("predict", ["--checkpoint", "runs/best.pt", "--data", empty, "--out", tmp_path / "p.csv"]),
         ("train", ["--data", single, "--out", tmp_path / "r2", "--no-plot", "--device", "cpu"]),
+        ("evaluate", ["--checkpoint", "runs/best.pt", "--data", broken]),
     ]
     results = refusals(project, cases, tmp_path)
     for result in results[:3]:
         assert_refused(result, str(empty / "square"))
     assert_refused(results[3], str(single), "1 class folder", "3 classes")
+    assert_refused(results[4], str(broken / "cross" / "gone.png"), "cannot read")
 
 
 def test_a_cache_directory_that_cannot_be_written_is_skipped_with_a_warning(pics, tmp_path):
