@@ -5,7 +5,7 @@ and parameter count the plan says, the rendered model.py runs forward with the
 same shapes, and mirrored decoders (and GAN generators) return the input
 shape. Rejected conv stacks: torch really fails on the same layers. Every kind
 is drawn: mlp (plain, residual, gated, scaled, multi-task heads), cnn (also
-with heads), autoencoder, vae and gan, over 1-D, 2-D and 3-D inputs, and the sequence
+with heads and global pooling), autoencoder, vae and gan, over 1-D, 2-D and 3-D inputs, and the sequence
 kinds lm and seq (transformer and recurrent blocks).
 """
 
@@ -53,6 +53,8 @@ def conv_specs(draw):
     kind = draw(st.sampled_from(["cnn", "autoencoder", "vae", "gan"]))
     model = {"kind": kind, "input": [channels, *sizes], "conv": blocks}
     if kind == "cnn":
+        if draw(st.integers(0, 3)) == 0:  # torchvision's avgpool: one value per channel
+            model["global_pool"] = draw(st.sampled_from(["avg", "max"]))
         if draw(st.integers(0, 3)) == 0:
             model["mlp"] = [{"features": draw(st.integers(2, 9)), "activation": "relu"}]
             model["heads"] = draw(heads())
