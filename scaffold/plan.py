@@ -197,16 +197,6 @@ class Plan:
         arguments of its layers that read them."""
         return model_sizes(self)
 
-    def block_kwargs(self, cls: str) -> set[str]:
-        """The keyword arguments the model passes to a block class (its optional features)."""
-        return {
-            arg[0]
-            for _, _, item in self.items()
-            if isinstance(item, Block) and item.cls == cls
-            for arg in item.args
-            if isinstance(arg, tuple) and len(arg) == 2 and isinstance(arg[0], str)
-        }
-
     @property
     def logits_output(self) -> bool:
         """A reconstruction model whose decoder ends in a sigmoid returns logits from forward
@@ -444,7 +434,7 @@ def model_sizes(plan: Plan) -> Sizes:
         what = "channels" if name == "in_channels" else "features"
         args.append(ModelArg(name, "int", "INPUT_SHAPE[0]", f"input {what}"))
     if plan.heads:
-        for (path, item), head in zip(_ends_all(plan.part("heads")), plan.heads):
+        for (path, _), head in zip(_ends_all(plan.part("heads")), plan.heads, strict=True):
             put(path, 1, f'HEADS["{head.name}"][0]')
     elif plan.has_part("head") and plan.kind in ("mlp", "cnn"):
         path, item = _ends(plan.part("head"))[1]
@@ -456,7 +446,9 @@ def model_sizes(plan: Plan) -> Sizes:
         _latent_sizes(plan, put, args)
     if plan.kind in ("mlp", "cnn") and "ResidualConvBlock" in plan.block_classes():
         args.append(
-            ModelArg("zero_init_residual", "bool", "False", "zero the last norm of each residual branch")
+            ModelArg(
+                "zero_init_residual", "bool", "False", "zero the last norm of each residual branch"
+            )
         )
     return Sizes(tuple(args), subs)
 
@@ -477,9 +469,13 @@ def _latent_sizes(plan: Plan, put, args: list[ModelArg]) -> None:
         found.append((path, 0, "latent_dim") if _positional(item, 0) == latent else None)
     elif plan.kind == "autoencoder":
         path, item = _ends(plan.part("encoder"))[1]
-        found.append((path, 1, "latent_dim") if _sized(item) and _positional(item, 1) == latent else None)
+        found.append(
+            (path, 1, "latent_dim") if _sized(item) and _positional(item, 1) == latent else None
+        )
         path, item = _ends(plan.part("decoder"))[0]
-        found.append((path, 0, "latent_dim") if _sized(item) and _positional(item, 0) == latent else None)
+        found.append(
+            (path, 0, "latent_dim") if _sized(item) and _positional(item, 0) == latent else None
+        )
     elif plan.kind == "gan":
         rows = _ends_all(plan.part("generator"))
         path, item = rows[0]
@@ -488,7 +484,9 @@ def _latent_sizes(plan: Plan, put, args: list[ModelArg]) -> None:
             rest = ", ".join(map(str, shape[1:]))
             found.append((path, 1, f"(latent_dim, {rest})") if shape[0] == latent else None)
             path, item = rows[1]
-        found.append((path, 0, "latent_dim") if _sized(item) and _positional(item, 0) == latent else None)
+        found.append(
+            (path, 0, "latent_dim") if _sized(item) and _positional(item, 0) == latent else None
+        )
     if found and all(found):
         for path, key, code in found:
             put(path, key, code)
