@@ -152,7 +152,22 @@ def template_file(root: Path, output: str, data: dict) -> Path:
         if all(parts) and "/".join(parts) == output:
             found = path  # Copier: the last one wins
     assert found is not None, output
-    return found
+    return followed(root, found, data)
+
+
+def followed(root: Path, path: Path, data: dict) -> Path:
+    """The file a one-line template includes (train.py.jinja: includes/train/<family>.py.jinja),
+    else the template itself."""
+    import jinja2
+
+    text = path.read_text().strip()
+    include = re.fullmatch(r"\{%-? include (pathjoin\(.*\)) -?%\}", text)
+    if include is None:
+        return path
+    kind = data["model"]["kind"]
+    family = "gan" if kind == "gan" else "seq" if kind in ("lm", "seq") else "classic"
+    parts = jinja2.Environment().from_string("{{ " + include.group(1) + " | join('/') }}")
+    return root / parts.render(pathjoin=lambda *names: names, family=family)
 
 
 def publish_template(project: Path, tmp_path: Path, edit, monkeypatch) -> str:
@@ -179,10 +194,11 @@ def append_inside_filter(path: Path, code: str) -> None:
     path.write_text(text[:cut].rstrip("\n") + "\n" + code + "\n" + text[cut:])
 
 
-def prepend_inside_filter(path: Path, line: str) -> None:
-    """Add a line at the top of a template file's black filter (the top of the generated file)."""
+def prepend_to_output(path: Path, line: str) -> None:
+    """Add a line at the top of the generated file: just before the template's black filter
+    (the statements above it print nothing)."""
     text = path.read_text()
-    cut = text.index("{% filter black %}\n") + len("{% filter black %}\n")
+    cut = text.index("{% filter black %}\n")
     path.write_text(text[:cut] + line + "\n" + text[cut:])
 
 
@@ -210,7 +226,7 @@ def test_edit_in_the_model_survives_an_answer_change(project):
     tag, conflicts = update_project(project, {"from_spec": True, "spec": spec(latent=32)})
     assert conflicts == []
     code = model.read_text()
-    assert "LATENT_DIM = 32" in code and "nn.Linear(3136, 32)" in code
+    assert "LATENT_DIM = 32" in code and "nn.Linear(3136, latent_dim)" in code
     figures = check_preserved(project, "edit in the model file", base)
     assert figures["user lines"] == 4 and figures["conflicted files"] == 0
 
@@ -389,10 +405,10 @@ def test_a_template_upgrade_reaches_every_file_and_keeps_all_user_work(
     data = read_answers(project)["spec"]
 
     def edit(root: Path) -> None:
-        prepend_inside_filter(
+        prepend_to_output(
             template_file(root, f"src/{PACKAGE}/model.py", data), "# Made with template 9."
         )
-        prepend_inside_filter(
+        prepend_to_output(
             template_file(root, f"src/{PACKAGE}/train.py", data), "# Trained with template 9."
         )
         path = template_file(root, "README.md", data)
