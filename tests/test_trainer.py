@@ -168,6 +168,38 @@ def test_distributed_data_parallel_on_two_cpu_processes(project, tmp_path):
     assert 0.0 <= metrics(tmp_path / "val")[0]["val_acc"] <= 1.0
 
 
+def test_under_torchrun_a_refusal_and_a_ctrl_c_are_said_once_by_rank_0(project, tmp_path):
+    out = tmp_path / "run"
+    args = ["--samples", "512", "--batch-size", "32", "--out", out, "--device", "cpu"]
+    path, env = project
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               f"{PACKAGE}.train", "--epochs", "50", *map(str, args)]
+    # Ctrl-C reaches the whole process group: torchrun, which forwards it, and both workers
+    process = subprocess.Popen(command, cwd=path, env={**env, "OMP_NUM_THREADS": "1"}, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 300
+    while not (out / "metrics.jsonl").is_file():  # the moment: an epoch is done, the next one trains
+        assert process.poll() is None, process.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    os.killpg(process.pid, signal.SIGINT)
+    _, stderr = process.communicate(timeout=300)
+    ours = [line for line in stderr.splitlines() if line.startswith(("SIGINT:", "error:", "stopped by"))]
+    assert len(ours) == 1 and ours[0].startswith("SIGINT: stopped "), stderr[-3000:]
+    assert ours[0].endswith(f"resume with: python -m {PACKAGE}.train --resume {out / 'checkpoint.pt'}")
+    saved = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert saved["run"]["world_size"] == 2 and 1 <= saved["epoch"] < 50
+
+    again = torchrun(project, "--epochs", "1", *args)  # a second run into the same directory
+    assert again.returncode != 0
+    ours = [line for line in again.stderr.splitlines() if line.startswith("error:")]
+    assert ours == [f"error: {out}: holds an earlier run (checkpoint.pt, best.pt, metrics.jsonl); continue it "
+                    f"with --resume {out / 'checkpoint.pt'}, replace it with --overwrite, or give another --out"]
+    assert "refused by rank 0" not in again.stderr
+    for stderr in (stderr, again.stderr):  # torchrun prints its own summary; no worker prints a traceback
+        assert f"src/{PACKAGE}/" not in stderr, stderr[-3000:]
+
+
 def test_a_nan_in_one_process_stops_both_instead_of_hanging(project, tmp_path):
     # one poisoned sample: at that step one process's loss is NaN and the other's is finite
     x = torch.rand(64, 1, 28, 28)

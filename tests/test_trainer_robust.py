@@ -44,8 +44,8 @@ loop, train = (importlib.import_module(f"{package}.{name}") for name in ("loop",
 real_add, seen = loop.Tally.add, []
 
 
-def add(self, values):
-    real_add(self, values)
+def add(self, *results):
+    real_add(self, *results)
     seen.append(1)
     if len(seen) == int(target):
         Path(marker).write_text("paused")
@@ -149,6 +149,32 @@ def test_a_second_run_with_default_flags_never_replaces_the_first(project, tmp_p
     replaced = run(project, "--epochs", "1", *QUICK, "--overwrite", cwd=tmp_path)
     assert replaced.returncode == 0, replaced.stderr
     assert len(metrics(tmp_path / "runs")) == 1
+
+
+def tree(path: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def test_a_refused_command_leaves_every_file_in_out_as_it_was(project, reference, tmp_path):
+    out = tmp_path / "run"
+    shutil.copytree(reference, out)
+    before = tree(out)  # run.lock too: it names the pid of the run that made it
+    torch.save({"x": torch.zeros(16, 9), "y": torch.zeros(16, dtype=torch.int64)}, tmp_path / "wrong.pt")
+    refused = {
+        "an earlier run": ([*QUICK, "--epochs", "1"], "holds an earlier run"),
+        "missing data": ([*QUICK, "--overwrite", "--data", tmp_path / "missing.pt"], "missing.pt"),
+        "wrong data": ([*QUICK, "--overwrite", "--data", tmp_path / "wrong.pt"], "x has shape (16, 9)"),
+        "missing --init-from": ([*QUICK, "--overwrite", "--init-from", tmp_path / "missing.pt"], "no such checkpoint"),
+        "a flag": (["--resume", out / "checkpoint.pt", "--weight-decay", "inf"], "must be a finite number"),
+        "another batch size": (["--resume", out / "checkpoint.pt", "--batch-size", "0"], "at least 1"),
+    }
+    for case, (flags, words) in refused.items():
+        message = one_error(run(project, *flags, "--out", out))
+        assert words in message, (case, message)
+        assert tree(out) == before, case
+    fresh = tmp_path / "fresh" / "run"  # a refused run into a new directory leaves none behind
+    one_error(run(project, *QUICK, "--data", tmp_path / "missing.pt", "--out", fresh))
+    assert not (tmp_path / "fresh").exists()
 
 
 # --------------------------------------------------------------------------- 2. SIGINT, SIGTERM
