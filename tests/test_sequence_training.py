@@ -267,10 +267,11 @@ def test_a_stopped_run_resumes_to_the_same_metrics_file(trainers, tmp_path, kind
     assert len(metrics(whole)) == 3 and metrics(stopped) == metrics(whole)  # float for float
 
 
-def test_two_processes_run_no_collective_between_checks(trainers, tmp_path):
-    out, log = tmp_path / "ddp", tmp_path / "calls"
-    result = launch(trainers, "lm", "--out", out, log=log, processes=2)
+def test_two_processes_agree_only_at_the_checks_and_resume_exactly(trainers, tmp_path):
+    whole, stopped, log = tmp_path / "whole", tmp_path / "stopped", tmp_path / "calls"
+    result = launch(trainers, "lm", "--out", whole, log=log, processes=2)
     assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("step 60/60") == 1  # rank 0 alone prints
     checks = {20, 40, 50, 60}  # the rows (every 20 steps, and the last) and CHECK_EVERY
     for rank in (0, 1):
         calls = json.loads(Path(f"{log}.{rank}.json").read_text())
@@ -280,36 +281,35 @@ def test_two_processes_run_no_collective_between_checks(trainers, tmp_path):
               f"at the checks {per_check}, between the checks {len(between)}")
         assert not between, between
         assert all(per_check.values())  # the checks do agree
-    assert result.stdout.count("step 60/60") == 1  # rank 0 alone prints
 
-
-def test_a_signal_to_one_process_stops_both_at_the_next_check(trainers, tmp_path):
-    out = tmp_path / "ddp"
-    # SIGTERM to rank 1 alone at step 25: both processes stop after step 40, the next check
-    result = launch(trainers, "lm", "--out", out, log=tmp_path / "calls", processes=2, stop_at=25, stop_rank=1)
+    # SIGTERM to rank 1 alone at step 45: both processes stop after step 50, the next check
+    result = launch(trainers, "lm", "--out", stopped, log=log, processes=2, stop_at=45, stop_rank=1)
     assert result.returncode != 0
-    assert result.stderr.count("resume with:") == 1  # from rank 0 only
-    assert "SIGTERM: stopped at step 40" in result.stderr
-    assert checkpoint_step(out / "checkpoint.pt") == 40
+    assert result.stderr.count("resume with:") == 1 and "SIGTERM: stopped at step 50" in result.stderr
     worker_tracebacks = result.stderr.count("Traceback") - result.stderr.count("ChildFailedError:")
     assert worker_tracebacks == 0, result.stderr[-3000:]  # (torchrun reports a failed child its own way)
+    assert checkpoint_step(stopped / "checkpoint.pt") == 50
+    before = files(stopped)
 
-    # a second run into the same directory is refused by rank 0, in one message, touching nothing
-    before = files(out)
-    refused = launch(trainers, "lm", "--out", out, log=tmp_path / "again", processes=2)
+    # a second run into that directory is refused by rank 0, in one message
+    refused = launch(trainers, "lm", "--out", stopped, log=log, processes=2)
     assert refused.returncode != 0 and refused.stderr.count("error:") == 1, refused.stderr[-3000:]
-    assert "holds an earlier run" in refused.stderr and files(out) == before
+    assert "holds an earlier run" in refused.stderr and files(stopped) == before
 
-    # one process continues the two processes' checkpoint to the end
+    # one process cannot continue the sums of two between rows: one line says what must match
     package = trainers["lm"].name.replace("-", "_")
-    resumed = subprocess.run(
-        [sys.executable, "-m", f"{package}.train", "--resume", str(out / "checkpoint.pt")],
+    alone = subprocess.run(
+        [sys.executable, "-m", f"{package}.train", "--resume", str(stopped / "checkpoint.pt")],
         cwd=trainers["lm"], env={**trainers["env"], "PYTHONPATH": str(trainers["lm"] / "src")},
         capture_output=True, text=True, timeout=600,
     )
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    rows = metrics(out)
-    assert [row["step"] for row in rows] == [20, 40, 60] and all(math.isfinite(row["train_loss"]) for row in rows)
+    assert alone.returncode == 2 and alone.stderr.count("\n") == 1, alone.stderr[-3000:]
+    assert "by 2 process(es)" in alone.stderr and files(stopped) == before
+
+    # two processes continue it to the very floats of the run never stopped
+    result = launch(trainers, "lm", "--resume", stopped / "checkpoint.pt", log=log, processes=2)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(metrics(whole)) == 3 and metrics(stopped) == metrics(whole)
 
 
 def test_a_validation_loss_that_is_not_finite_stops_the_run(trainers, tmp_path):
