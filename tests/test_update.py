@@ -52,7 +52,7 @@ def test_changed_answer_rerenders_shapes_and_keeps_user_code(project, tmp_path, 
     assert result.returncode == 0, result.stderr
     code = (project / "src" / "conv_vae" / "model.py").read_text()
     assert "LATENT_DIM = 32" in code
-    assert "self.fc_mu = nn.Linear(3136, 32)" in code
+    assert "self.fc_mu = nn.Linear(3136, latent_dim)" in code  # latent_dim: LATENT_DIM by default
     assert "def count_parameters(model) -> int:" in code
     answers = yaml.safe_load((project / ".copier-answers.yml").read_text())
     assert answers["spec"]["model"]["latent"] == 32
