@@ -299,7 +299,7 @@ def test_plot_draws_the_curves(cnn, cnn_run, tmp_path):
     assert result.returncode == 0, result.stderr
     assert is_png(cnn_run / "curves.png")
     with Image.open(cnn_run / "curves.png") as image:
-        assert image.width > 400 and len(set(image.convert("L").getdata())) > 10  # not blank
+        assert image.width > 400 and sum(map(bool, image.convert("L").histogram())) > 10  # not blank
     result = run(cnn, "plot", tmp_path / "nothing")
     assert result.returncode == 2 and "metrics.jsonl: no such file" in result.stderr
 
