@@ -197,6 +197,18 @@ class Plan:
         arguments of its layers that read them."""
         return model_sizes(self)
 
+    def block_kwargs(self, cls: str) -> set[str]:
+        """The keyword arguments the model passes to a block class. Read by templates up to
+        0.2.0 only: `scaffold update` renders a project's old template version with this plan
+        to find the user's edits, so what old templates read stays here."""
+        return {
+            arg[0]
+            for _, _, item in self.items()
+            if isinstance(item, Block) and item.cls == cls
+            for arg in item.args
+            if isinstance(arg, tuple) and len(arg) == 2 and isinstance(arg[0], str)
+        }
+
     @property
     def logits_output(self) -> bool:
         """A reconstruction model whose decoder ends in a sigmoid returns logits from forward
