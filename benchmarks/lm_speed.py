@@ -10,16 +10,20 @@ Both train a GPT of the same shape (--layers, --heads, --width, --context; vocab
 bias, no dropout, tied embeddings; AdamW, clipping at 1.0, float32) on the same text (65
 distinct characters), batch --batch-size, from a fresh process each:
 
-* generated: a project rendered by `scaffold new` from a spec written here; its
-  `python -m <package>.train --data text.txt --max-steps 2N --eval-every N`: the speed is the
-  `tokens_per_s` of the second N steps in metrics.jsonl (the first N are a warm-up);
+* generated: a project rendered by `scaffold new` from a spec written here; its train.py's
+  main() with `--data text.txt --max-steps 2N --eval-every 2N`, started by a launcher written
+  here that wraps the project's learning_rate() (called once as each step begins) to note the
+  time; a step's time is the time from its start to the next step's;
 * nanoGPT: its train.py, run with its configurator's flags on the same text prepared as its
-  data/shakespeare_char/prepare.py does (train.bin, val.bin, meta.pkl); the speed is from its
-  `iter k: ... time T ms` lines over the same second N iterations.
+  data/shakespeare_char/prepare.py does (train.bin, val.bin, meta.pkl); a step's time is its
+  `iter k: ... time T ms` line.
 
-Runs are interleaved, --runs rounds of one each, and the best of each is printed (on a shared
-machine interference only slows a run down), with the ratio (above 1: the generated trainer
-is faster).
+The speed of a run is batch x context over its median step time among the second N steps (the
+first N are a warm-up): the median, because other work slows some steps down. --clock cpu
+(the default) times the steps by the process's CPU time (time.process_time(); nanoGPT's
+time.time() is pointed at it), which other processes on a shared machine do not inflate; with
+--threads 1 it is the time one core spends on the step. --clock wall: the wall clock. Runs are interleaved, --runs rounds of one each; printed: every round, the best of each
+trainer, and the median of the rounds' ratios (above 1: the generated trainer is faster).
 
     python benchmarks/lm_speed.py /tmp/nanogpt [--steps 30] [--runs 3] [--threads 1]
 
@@ -35,6 +39,7 @@ import os
 import pickle
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -90,17 +95,52 @@ def nanogpt_data(work: Path, text: str) -> Path:
     return work / "nano"
 
 
+LAUNCHER = """\
+import json, sys, time
+
+from bench_lm import train
+
+clock = time.process_time if sys.argv[2] == "cpu" else time.perf_counter
+starts, schedule = [], train.learning_rate
+
+
+def learning_rate(done, config, total):  # called once, as step done + 1 begins
+    starts.append(clock())
+    return schedule(done, config, total)
+
+
+train.learning_rate = learning_rate
+train.main(sys.argv[3:])
+with open(sys.argv[1], "w") as file:
+    json.dump(starts, file)
+"""
+
+# nanoGPT's train.py times its iterations with time.time(): on the CPU clock, process_time()
+NANO_LAUNCHER = """\
+import os, runpy, sys, time
+
+if sys.argv[1] == "cpu":
+    time.time = time.process_time
+sys.argv = sys.argv[2:]
+sys.path.insert(0, os.path.dirname(sys.argv[0]))  # its model.py
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
 def run_generated(project: Path, text: Path, out: Path, args, env) -> float:
     steps = args.steps
-    flags = ["--data", str(text), "--max-steps", str(2 * steps), "--eval-every", str(steps)]
+    flags = ["--data", str(text), "--max-steps", str(2 * steps), "--eval-every", str(2 * steps)]
     flags += ["--eval-batches", "1", "--warmup-steps", "0", "--device", "cpu", "--out", str(out)]
+    (project / "launch.py").write_text(LAUNCHER)
+    times = project / "times.json"
     subprocess.run(
-        [sys.executable, "-m", "bench_lm.train", *flags, "--overwrite"],
+        [sys.executable, str(project / "launch.py"), str(times), args.clock, *flags, "--overwrite"],
         cwd=project, env={**env, "PYTHONPATH": str(project / "src")}, check=True,
         capture_output=True,
     )
-    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
-    return rows[1]["tokens_per_s"]
+    starts = json.loads(times.read_text())
+    window = [b - a for a, b in zip(starts[steps:2 * steps - 1], starts[steps + 1:2 * steps])]
+    return args.batch_size * args.context / statistics.median(window)  # (the last step evaluates)
 
 
 def run_nanogpt(nano_dir: Path, workdir: Path, args, env) -> float:
@@ -113,13 +153,14 @@ def run_nanogpt(nano_dir: Path, workdir: Path, args, env) -> float:
         "eval_iters": 1, "log_interval": 1, "warmup_iters": 0, "always_save_checkpoint": False,
         "wandb_log": False, "out_dir": str(workdir / "out"),
     }
+    (workdir / "launch.py").write_text(NANO_LAUNCHER)
     result = subprocess.run(
-        [sys.executable, str(nano_dir / "train.py"), *(f"--{k}={v}" for k, v in flags.items())],
+        [sys.executable, "launch.py", args.clock, str(nano_dir / "train.py"), *(f"--{k}={v}" for k, v in flags.items())],
         cwd=workdir, env=env, check=True, capture_output=True, text=True,
     )
     times = {int(i): float(t) for i, t in re.findall(r"iter (\d+): loss \S+, time ([\d.]+)ms", result.stdout)}
     window = [times[i] for i in range(steps + 1, 2 * steps + 1)]
-    return args.batch_size * args.context * len(window) / (sum(window) / 1000)
+    return args.batch_size * args.context / (statistics.median(window) / 1000)
 
 
 def main() -> None:
@@ -133,6 +174,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=30, help="timed steps per run (after as many untimed)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None, help="torch threads (OMP_NUM_THREADS)")
+    parser.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
+                        help="time steps by the process's CPU time (other work on the machine does not count) or the wall clock")
     args = parser.parse_args()
     if not args.nanogpt or not (Path(args.nanogpt) / "train.py").is_file():
         parser.error("give the path of a nanoGPT checkout (git clone https://github.com/karpathy/nanoGPT)")
@@ -156,10 +199,12 @@ def main() -> None:
             theirs.append(run_nanogpt(nano_dir, nano_work, args, env))
             print(f"round {round_ + 1}: generated {ours[-1]:,.0f} tokens/s, nanoGPT {theirs[-1]:,.0f} tokens/s")
     config = f"{args.layers} layers, {args.heads} heads, width {args.width}, context {args.context}, batch {args.batch_size}"
-    print(f"\nCPU, {config}, best of {args.runs} interleaved runs of {args.steps} timed steps:")
-    print(f"  generated trainer  {max(ours):>10,.0f} tokens/s")
-    print(f"  nanoGPT train.py   {max(theirs):>10,.0f} tokens/s")
-    print(f"  ratio              {max(ours) / max(theirs):>10.2f}  (above 1: the generated trainer is faster)")
+    ratio = statistics.median(a / b for a, b in zip(ours, theirs))
+    print(f"\nCPU, {config}, {args.runs} interleaved runs of {args.steps} timed steps (median step, {args.clock} clock):")
+    print(f"  generated trainer  {max(ours):>10,.0f} tokens/s (best run)")
+    print(f"  nanoGPT train.py   {max(theirs):>10,.0f} tokens/s (best run)")
+    print(f"  ratio              {max(ours) / max(theirs):>10.2f}  of the best runs (above 1: the generated trainer is faster)")
+    print(f"  ratio              {ratio:>10.2f}  median of the rounds' ratios")
 
 
 if __name__ == "__main__":
