@@ -5,8 +5,9 @@ MLP) and trained on the same data, for the same epochs, from the same seed, with
 constant learning rate, in this one process, by three contenders:
 
 * generated:  the project's own `train()` (data from a .pt file, its in-memory shuffled
-  batching, loss and accuracy kept on the device, the NaN check every 50 steps, the signal
-  check, a checkpoint at the end, not timed);
+  batching, each step's results kept on the device and their metrics computed every 50
+  steps at once (loop.py's Tally, with the NaN and the signal checks), a checkpoint at the
+  end, not timed);
 * bare loop:  a seeded permutation of in-memory tensors, indexed per batch; the loss summed on
   the device; nothing else;
 * DataLoader: DataLoader(TensorDataset(x, y), shuffle=True), one step per batch.
@@ -164,7 +165,7 @@ def main() -> None:
                 for contender, result in rounds.items():
                     results[contender].append(result)
         speed = {c: max(s / t for t, _, s in runs) for c, runs in results.items()}  # best: noise only slows
-        loss = {c: statistics.median(l for _, l, _ in runs) for c, runs in results.items()}
+        loss = {c: statistics.median(final for _, final, _ in runs) for c, runs in results.items()}
         table.append((name, n, speed, loss))
 
     print(f"{args.batch_size} per batch, {args.epochs} epochs, AdamW, device {args.device}, {args.threads} thread(s); "
