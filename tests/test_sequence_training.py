@@ -22,6 +22,7 @@ import json
 import math
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -229,6 +230,16 @@ def launch(trainers, kind: str, *args, log: Path, processes: int = 1, stop_at: i
     )
 
 
+def resume(trainers, kind: str, checkpoint: Path, *flags: str) -> subprocess.CompletedProcess:
+    """`python -m <package>.train --resume checkpoint`, in one process."""
+    project = trainers[kind]
+    return subprocess.run(
+        [sys.executable, "-m", f"{project.name.replace('-', '_')}.train", "--resume", str(checkpoint), *flags],
+        cwd=project, env={**trainers["env"], "PYTHONPATH": str(project / "src")},
+        capture_output=True, text=True, timeout=600,
+    )
+
+
 def metrics(run_dir: Path) -> list[dict]:
     """metrics.jsonl without the timings (tokens_per_s, time), which differ from run to run."""
     rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
@@ -257,14 +268,19 @@ def test_a_stopped_run_resumes_to_the_same_metrics_file(trainers, tmp_path, kind
     assert result.stderr.count("resume with:") == 1 and "Traceback" not in result.stderr
     assert checkpoint_step(stopped / "checkpoint.pt") == 30
     assert len(metrics(stopped)) == 1  # the row of step 20
+    other = tmp_path / "other"
+    shutil.copytree(stopped, other)  # the same stop, to continue with another batch size
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", f"{trainers[kind].name.replace('-', '_')}.train", "--resume", str(stopped / "checkpoint.pt")],
-        cwd=trainers[kind], env={**trainers["env"], "PYTHONPATH": str(trainers[kind] / "src")},
-        capture_output=True, text=True, timeout=600,
-    )
+    resumed = resume(trainers, kind, stopped / "checkpoint.pt")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(metrics(whole)) == 3 and metrics(stopped) == metrics(whole)  # float for float
+
+    # another --batch-size continues too (the losses of the steps before the stop are kept)
+    resumed = resume(trainers, kind, other / "checkpoint.pt", "--out", str(other), "--batch-size", "4")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    rows = metrics(other)
+    assert [row["step"] for row in rows] == [20, 40, 60] and rows[0] == metrics(whole)[0]
+    assert all(math.isfinite(row["train_loss"]) for row in rows) and rows[1] != metrics(whole)[1]
 
 
 def test_two_processes_agree_only_at_the_checks_and_resume_exactly(trainers, tmp_path):
@@ -297,12 +313,7 @@ def test_two_processes_agree_only_at_the_checks_and_resume_exactly(trainers, tmp
     assert "holds an earlier run" in refused.stderr and files(stopped) == before
 
     # one process cannot continue the sums of two between rows: one line says what must match
-    package = trainers["lm"].name.replace("-", "_")
-    alone = subprocess.run(
-        [sys.executable, "-m", f"{package}.train", "--resume", str(stopped / "checkpoint.pt")],
-        cwd=trainers["lm"], env={**trainers["env"], "PYTHONPATH": str(trainers["lm"] / "src")},
-        capture_output=True, text=True, timeout=600,
-    )
+    alone = resume(trainers, "lm", stopped / "checkpoint.pt")
     assert alone.returncode == 2 and alone.stderr.count("\n") == 1, alone.stderr[-3000:]
     assert "by 2 process(es)" in alone.stderr and files(stopped) == before
 
