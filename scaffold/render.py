@@ -592,22 +592,31 @@ def _update_lock(project: Path) -> Iterator[None]:
         yield
         return
     path = git_dir / UPDATE_LOCK
-    try:
-        handle = open(path, "a+")
-    except OSError as exc:
-        raise GenerateError(
-            f"cannot write {path} ({exc.strerror or exc}); is {project} writable?"
-        ) from None
-    with handle:
+    while True:
+        try:
+            handle = open(path, "a+")
+        except OSError as exc:
+            raise GenerateError(
+                f"cannot write {path} ({exc.strerror or exc}); is {project} writable?"
+            ) from None
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "another process"
+            handle.close()
             raise GenerateError(
                 f"another `scaffold update` ({holder}) is updating {project}; wait for it to "
                 f"finish, then run this one again (the lock is {path})"
             ) from None
+        try:
+            current = os.stat(path).st_ino
+        except FileNotFoundError:
+            current = None
+        if current == os.fstat(handle.fileno()).st_ino:
+            break
+        handle.close()  # the holder before us removed the file as we opened it: take the new one
+    with handle:
         try:
             handle.seek(0)
             handle.truncate()
@@ -615,8 +624,10 @@ def _update_lock(project: Path) -> Iterator[None]:
             handle.flush()
             yield
         finally:
-            handle.seek(0)
-            handle.truncate()
+            # removed while still held, so the project's .git is left as it was found; whoever
+            # opened the old file meanwhile sees it is gone and opens a new one (above)
+            with contextlib.suppress(OSError):
+                path.unlink()
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
