@@ -5,4 +5,4 @@ The flow is one way: spec (:mod:`scaffold.spec`) -> builders and layers
 -> render (:mod:`scaffold.render`, a Copier template) -> cli (:mod:`scaffold.cli`).
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, git, run_cli
 
+from scaffold import __version__
+
 PREVIOUS_RELEASE = "9acaab7"  # the last commit of scaffold 0.1.0, before the model-code redesign
 SPEC = ROOT / "examples" / "conv-vae.yaml"
 
@@ -79,7 +81,7 @@ def test_a_0_1_project_updates_to_the_sized_blocks(tmp_path, env):
 
     updated = run_cli("update", cwd=project, env=env)
     assert updated.returncode == 0, updated.stderr
-    assert "v0.2.0" in updated.stdout
+    assert f"v{__version__}" in updated.stdout  # this checkout's template
     assert "src/conv_vae/model.py" in updated.stderr  # listed as conflicted
 
     merged = model.read_text()
