@@ -408,7 +408,7 @@ class HeadBuilder(Builder):
             )
         if enc.global_pool is not None:
             pool = enc.global_pool
-            doc = "Global pooling, one value per channel, for any input size"
+            doc = "Global pooling to one value per channel (any input size)"
             parts.append(Part(pool.role, doc, convs[-1].out_shape, (pool,), sequential=False))
         out = enc.out_shape if enc.items else self.model.input
         if self.model.heads and enc.flat_from is None and len(out) > 1:
