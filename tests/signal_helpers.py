@@ -89,9 +89,7 @@ class Stopper:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=lambda: signal.signal(
-                signal.SIGINT, signal.SIG_DFL
-            ),  # not inherited as ignored
+            preexec_fn=default_signals,  # not inherited as ignored (nohup, a background job)
         )
         where = ""
         if stage or git_call:
@@ -142,3 +140,10 @@ def differences(a: dict, b: dict) -> list[str]:
     files = set(a["files"]) | set(b["files"])
     out += sorted(f for f in files if a["files"].get(f) != b["files"].get(f))
     return out
+
+
+def default_signals() -> None:
+    """In a child: SIGINT, SIGTERM and SIGHUP as a fresh terminal would deliver them, whatever
+    this process inherited (a run under nohup ignores SIGHUP, a background job SIGINT)."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, signal.SIG_DFL)

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 from conftest import GIT_IDENTITY, ROOT, git, run_cli
-from signal_helpers import differences, project_state
+from signal_helpers import default_signals, differences, project_state
 
 torch = pytest.importorskip("torch")
 Image = pytest.importorskip("PIL.Image")
@@ -529,7 +529,7 @@ def test_a_second_update_is_refused_while_the_first_runs(project, tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # not inherited as ignored
+        preexec_fn=default_signals,  # not inherited as ignored
     )
     try:
         while not marker.exists() and first.poll() is None:
