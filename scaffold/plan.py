@@ -555,8 +555,9 @@ def _sequence_sizes(plan: Plan) -> Sizes:
     if plan.has_part("ln_f"):
         if stream is not None:
             put("ln_f", 0, "config.n_embd")
-        if transformer:
-            put("ln_f", "bias", "config.bias")
+        norm = dict(a for a in plan.part("ln_f").items[0].args if _is_keyword(a))
+        if transformer and norm.get("bias", True) == kw.get("bias", True):
+            put("ln_f", "bias", "config.bias")  # else its own bias, as the spec says
     if plan.kind == "lm":
         head = plan.part("lm_head").items[0]
         put("lm_head", 1, "config.vocab_size")

@@ -223,7 +223,10 @@ def check_valid(spec: dict, black: bool = False, project: str = "fuzzed") -> Any
     shapes = literal_assignment(files["tests/test_model.py"], "EXPECTED_SHAPES")
     assert shapes == {name: tuple(shape) for name, shape in plan.module_shapes()}
     assert literal_assignment(files["tests/test_model.py"], "PARAM_COUNT") == plan.params
-    assert literal_assignment(model_py, "INPUT_SHAPE") == plan.input_shape
+    if plan.kind in ("lm", "seq"):  # sizes in the config dataclass, whose default is CONTEXT
+        assert literal_assignment(model_py, "CONTEXT") == plan.input_shape[0]
+    else:
+        assert literal_assignment(model_py, "INPUT_SHAPE") == plan.input_shape
     return plan
 
 
