@@ -203,4 +203,4 @@ def test_installed_package_ships_the_template_and_updates(tmp_path, env):
     (work / "wider.yaml").write_text(yaml.safe_dump(spec))
     result = run_cli("update", "mlp", "--spec", "wider.yaml", cwd=work, env=env)
     assert result.returncode == 0, result.stderr
-    assert "LinearBlock(8, 24, bias=False, act_layer=nn.ReLU)" in (work / "mlp" / "src" / "mlp" / "model.py").read_text()
+    assert "LinearBlock(in_features, 24, bias=False, act_layer=nn.ReLU)" in (work / "mlp" / "src" / "mlp" / "model.py").read_text()

@@ -194,7 +194,7 @@ def test_the_users_git_configuration_never_hangs_or_breaks_scaffold(name, tmp_pa
     (tmp_path / "wider.yaml").write_text(yaml.safe_dump(spec))
     result = scaffold(tmp_path, env, "update", "proj", "--spec", "wider.yaml")
     assert result.returncode == 0, result.stderr
-    assert "(8, 24" in (project / "src" / "proj" / "model.py").read_text()
+    assert "(in_features, 24" in (project / "src" / "proj" / "model.py").read_text()
     assert marks_of(tmp_path) == set()
 
 
