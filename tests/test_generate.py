@@ -87,9 +87,9 @@ def test_model_code_carries_the_plan(tmp_path, env):
     assert "# mirrors model.conv[1]: (B, 16, 4, 6) -> (B, 8, 17, 25)" in code
     assert "upsample=nn.Upsample(size=(9, 13))" in code
     assert "# mirrors model.conv[0]: (B, 8, 17, 25) -> (B, 3, 37, 53)\n" in code
-    assert "UpBlock(8, 3, 5, stride=2)," in code
+    assert "UpBlock(8, in_channels, 5, stride=2)," in code  # the channels from the constructor
     assert "class ResidualUpBlock" not in code  # only the blocks the model uses
-    assert "Identity" not in code  # no placeholder modules in plain blocks
+    assert "if norm_layer is not None else nn.Identity()" in code  # one block style: timm's
     assert "import scaffold" not in code
 
 
